@@ -1,0 +1,132 @@
+"""Every flow: exact inverse and exact log-determinant, away from the identity init."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+from tzkgraph.flows import (ActNorm, AffineCoupling, Glow, InvConvLU, Shuffle, Squeeze,
+                            SymLog, VectorFlow)
+
+from conftest import jacobian_logdet, randomize
+
+CASES = {
+    "actnorm-image": (lambda: ActNorm(3), (3, 4, 4)),
+    "actnorm-vector": (lambda: ActNorm(5), (5,)),
+    "shuffle-image": (lambda: Shuffle(4, seed=1), (4, 3, 3)),
+    "shuffle-vector": (lambda: Shuffle(6, seed=2), (6,)),
+    "invconv-lu-image": (lambda: InvConvLU(4, seed=3), (4, 3, 3)),
+    "invconv-lu-vector": (lambda: InvConvLU(5, seed=4), (5,)),
+    "coupling-image": (lambda: AffineCoupling(4, hidden=8, image=True), (4, 4, 4)),
+    "coupling-image-odd": (lambda: AffineCoupling(3, hidden=8, image=True), (3, 4, 4)),
+    "coupling-vector": (lambda: AffineCoupling(5, hidden=16, image=False), (5,)),
+    "squeeze": (lambda: Squeeze(), (2, 4, 4)),
+    "symlog": (lambda: SymLog(), (7,)),
+    "glow-shuffle": (lambda: Glow((1, 8, 8), levels=2, steps=2, hidden=8), (1, 8, 8)),
+    "glow-lu": (lambda: Glow((3, 4, 4), levels=2, steps=2, hidden=8, permutation="lu"), (3, 4, 4)),
+    "glow-one-level": (lambda: Glow((2, 4, 4), levels=1, steps=3, hidden=8), (2, 4, 4)),
+    "vector-flow": (lambda: VectorFlow(6, steps=3, hidden=16), (6,)),
+    "vector-flow-lu-symlog": (lambda: VectorFlow(4, steps=2, hidden=16, permutation="lu", symlog=True), (4,)),
+    "vector-flow-1d": (lambda: VectorFlow(1, steps=2, hidden=8), (1,)),
+}
+
+
+def _randomized(name: str):
+    make, shape = CASES[name]
+    torch.manual_seed(0)
+    flow = make().double()
+    x = torch.randn(3, *shape, dtype=torch.float64)
+    flow(x)  # data-dependent initialisation (ActNorm) happens here
+    randomize(flow, seed=hash(name) % 1000)
+    flow.eval()
+    return flow, torch.randn(3, *shape, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_inverse_is_exact(name):
+    flow, x = _randomized(name)
+    z, logdet = flow(x)
+    assert logdet.shape == (3,)
+    assert (flow.inverse(z) - x).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_logdet_matches_autograd_jacobian(name):
+    flow, x = _randomized(name)
+    _, logdet = flow(x)
+    reference = jacobian_logdet(lambda v: flow(v)[0], x)
+    assert torch.all((logdet - reference).abs() <= 1e-6 * reference.abs().clamp(min=1.0))
+
+
+@pytest.mark.parametrize("name", ["glow-shuffle", "vector-flow"])
+def test_inverse_logdet_is_negated_forward(name):
+    """log|det ∂x/∂z| at z = f(x) equals −logdet, checked with autograd."""
+    flow, x = _randomized(name)
+    z, logdet = flow(x)
+    reference = jacobian_logdet(flow.inverse, z)
+    assert torch.allclose(reference, -logdet, rtol=1e-6, atol=1e-6)
+
+
+def test_every_layer_is_randomized_away_from_identity():
+    """Guards the tests above: a randomised layer must not be the identity."""
+    for name in CASES:
+        if name.startswith(("shuffle", "squeeze", "symlog")):
+            continue
+        flow, x = _randomized(name)
+        z, _ = flow(x)
+        assert (z.reshape(3, -1) - x.reshape(3, -1)).abs().max() > 1e-2, name
+
+
+def test_glow_gathers_all_parts_into_one_flat_latent():
+    flow = Glow((1, 32, 32), levels=3, steps=1, hidden=8)
+    z, logdet = flow(torch.rand(2, 1, 32, 32) - 0.5)
+    assert z.shape == (2, 1024) and logdet.shape == (2,)
+    assert flow.out_shapes == [(2, 16, 16), (4, 8, 8), (16, 4, 4)]
+
+
+def test_actnorm_initializes_from_data():
+    layer = ActNorm(3)
+    x = 5 + 3 * torch.randn(256, 3, 4, 4)
+    z, _ = layer(x)
+    assert torch.allclose(z.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-4)
+    assert torch.allclose(z.std(dim=(0, 2, 3), unbiased=False), torch.ones(3), atol=1e-3)
+
+
+def test_reloaded_actnorm_is_not_reinitialized():
+    layer = ActNorm(3)
+    layer(5 + 3 * torch.randn(64, 3))
+    buffer = io.BytesIO()
+    torch.save(layer.state_dict(), buffer)
+    buffer.seek(0)
+
+    reloaded = ActNorm(3)
+    reloaded.load_state_dict(torch.load(buffer, weights_only=True))
+    assert bool(reloaded.initialized)
+    other = -7 + 0.1 * torch.randn(64, 3)  # would give very different init statistics
+    assert torch.equal(reloaded(other)[0], layer(other)[0])
+    assert torch.equal(reloaded.bias, layer.bias) and torch.equal(reloaded.log_scale, layer.log_scale)
+
+
+def test_shuffle_permutation_is_saved():
+    a, b = Shuffle(16, seed=1), Shuffle(16, seed=2)
+    assert not torch.equal(a.perm, b.perm)
+    b.load_state_dict(a.state_dict())
+    assert torch.equal(a.perm, b.perm)
+
+
+def test_conditional_coupling_depends_on_cond():
+    layer = randomize(AffineCoupling(4, hidden=8, image=True, cond_channels=3)).double()
+    x = torch.randn(2, 4, 4, 4, dtype=torch.float64)
+    c1, c2 = torch.randn(2, 3, dtype=torch.float64), torch.randn(2, 3, dtype=torch.float64)
+    z1, _ = layer(x, c1)
+    assert not torch.allclose(z1, layer(x, c2)[0])
+    assert (layer.inverse(z1, c1) - x).abs().max() < 1e-10
+    reference = jacobian_logdet(lambda v: layer(v, c1[:1])[0], x[:1])
+    assert torch.allclose(layer(x[:1], c1[:1])[1], reference, rtol=1e-6)
+
+
+def test_glow_rejects_indivisible_size():
+    with pytest.raises(ValueError, match="divisible"):
+        Glow((1, 28, 28), levels=3, steps=1, hidden=8)

@@ -1,0 +1,66 @@
+"""ActNorm: a per-channel affine layer with data-dependent initialisation."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .base import Flow
+
+__all__ = ["ActNorm"]
+
+
+class ActNorm(Flow):
+    """Per-channel ``z = (x + bias) * exp(log_scale)`` (Glow).
+
+    On the first ``forward`` in training mode the parameters are set so that
+    the batch's output has zero mean and unit variance per channel. Whether
+    that happened is the buffer ``initialized``: it is saved in the
+    ``state_dict``, so a reloaded model is never re-initialised.
+
+    Works on ``(B, C)`` vectors and ``(B, C, H, W)`` images (channel dim 1).
+
+    Arguments:
+        channels: number of channels ``C``.
+        eps: added to the batch standard deviation at initialisation.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-6):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.log_scale = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("initialized", torch.tensor(False))
+        self.eps = eps
+        self._known_initialized = False  # host-side copy: no device sync per step
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._known_initialized = False  # re-read the loaded buffer once
+
+    def _view(self, p: Tensor, x: Tensor) -> Tensor:
+        return p.view(1, -1, *([1] * (x.dim() - 2)))
+
+    @torch.no_grad()
+    def initialize(self, x: Tensor) -> None:
+        """Sets bias and scale from a batch ``x`` so its output is standardised."""
+        dims = [d for d in range(x.dim()) if d != 1]
+        mean = x.mean(dim=dims)
+        std = x.std(dim=dims, unbiased=False) if x.numel() > x.shape[1] else torch.ones_like(mean)
+        self.bias.copy_(-mean)
+        self.log_scale.copy_(-torch.log(std + self.eps))
+        self.initialized.fill_(True)
+        self._known_initialized = True
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if self.training and not self._known_initialized:
+            if bool(self.initialized):
+                self._known_initialized = True
+            else:
+                self.initialize(x)
+        z = (x + self._view(self.bias, x)) * self._view(self.log_scale, x).exp()
+        spatial = x[0, 0].numel()  # H·W for images, 1 for vectors
+        logdet = (self.log_scale.sum() * spatial).expand(x.shape[0])
+        return z, logdet
+
+    def inverse(self, z: Tensor, cond: Tensor | None = None) -> Tensor:
+        return z * self._view(-self.log_scale, z).exp() - self._view(self.bias, z)

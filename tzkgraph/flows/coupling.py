@@ -1,0 +1,83 @@
+"""Affine coupling with swish networks, a zero-initialised last layer and a bounded scale."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import Flow, sum_except_batch
+
+__all__ = ["AffineCoupling", "coupling_net"]
+
+
+class _Swish(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return F.silu(x)
+
+
+def coupling_net(in_channels: int, out_channels: int, hidden: int, image: bool) -> nn.Sequential:
+    """The network inside a coupling layer: swish activations, last layer zero.
+
+    For images: 3×3 conv → swish → 1×1 conv → swish → 3×3 conv (Glow); for
+    vectors the same shape with linear layers. The last layer starts at zero so
+    every coupling starts close to the identity (only the bounded scale
+    ``sigmoid(2)`` remains).
+    """
+    if image:
+        layers = [
+            nn.Conv2d(in_channels, hidden, 3, padding=1), _Swish(),
+            nn.Conv2d(hidden, hidden, 1), _Swish(),
+            nn.Conv2d(hidden, out_channels, 3, padding=1),
+        ]
+    else:
+        layers = [
+            nn.Linear(in_channels, hidden), _Swish(),
+            nn.Linear(hidden, hidden), _Swish(),
+            nn.Linear(hidden, out_channels),
+        ]
+    nn.init.zeros_(layers[-1].weight)
+    nn.init.zeros_(layers[-1].bias)
+    return nn.Sequential(*layers)
+
+
+class AffineCoupling(Flow):
+    """``z_b = (x_b + shift(x_a)) · sigmoid(s(x_a) + 2)``, ``z_a = x_a``.
+
+    The first ``C // 2`` channels ``x_a`` condition the affine map of the rest
+    ``x_b``. The scale lies in (0, 1), which keeps training stable (Glow).
+
+    Arguments:
+        channels: number of channels ``C`` (at least 2).
+        hidden: width of the coupling network.
+        image: whether inputs are ``(B, C, H, W)`` (conv net) or ``(B, C)``.
+        cond_channels: channels of an optional conditioning tensor, concatenated
+            to ``x_a`` (``(B, Cc)`` vectors are broadcast over pixels).
+    """
+
+    def __init__(self, channels: int, hidden: int, image: bool, cond_channels: int = 0):
+        super().__init__()
+        if channels < 2:
+            raise ValueError(f"affine coupling needs at least 2 channels, got {channels}")
+        self.split = channels // 2
+        self.net = coupling_net(self.split + cond_channels, 2 * (channels - self.split), hidden, image)
+
+    def _shift_scale(self, x_a: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor]:
+        h = x_a
+        if cond is not None:
+            if x_a.dim() == 4 and cond.dim() == 2:
+                cond = cond[:, :, None, None].expand(-1, -1, *x_a.shape[2:])
+            h = torch.cat([x_a, cond], dim=1)
+        shift, s = self.net(h).chunk(2, dim=1)
+        return shift, torch.sigmoid(s + 2.0)
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        x_a, x_b = x[:, : self.split], x[:, self.split :]
+        shift, scale = self._shift_scale(x_a, cond)
+        z_b = (x_b + shift) * scale
+        return torch.cat([x_a, z_b], dim=1), sum_except_batch(torch.log(scale))
+
+    def inverse(self, z: Tensor, cond: Tensor | None = None) -> Tensor:
+        z_a, z_b = z[:, : self.split], z[:, self.split :]
+        shift, scale = self._shift_scale(z_a, cond)
+        return torch.cat([z_a, z_b / scale - shift], dim=1)

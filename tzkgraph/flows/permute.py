@@ -1,0 +1,84 @@
+"""Channel permutations: a fixed shuffle and an invertible 1×1 convolution (LU)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import Flow
+
+__all__ = ["Shuffle", "InvConvLU"]
+
+
+def _mix(x: Tensor, weight: Tensor) -> Tensor:
+    """Applies a (C, C) channel-mixing matrix to ``(B, C)`` or ``(B, C, H, W)``."""
+    if x.dim() == 2:
+        return x @ weight.T
+    return F.conv2d(x, weight.view(*weight.shape, 1, 1))
+
+
+class Shuffle(Flow):
+    """A fixed random permutation of channels (the TzK paper's choice).
+
+    The permutation is drawn once from ``seed`` and kept as a buffer, so a
+    saved model restores exactly the same one. ``logdet`` is 0.
+
+    Arguments:
+        channels: number of channels ``C``.
+        seed: seed of the permutation.
+    """
+
+    def __init__(self, channels: int, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        perm = torch.randperm(channels, generator=g)
+        self.register_buffer("perm", perm)
+        self.register_buffer("inv_perm", torch.argsort(perm))
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return x[:, self.perm], x.new_zeros(x.shape[0])
+
+    def inverse(self, z: Tensor, cond: Tensor | None = None) -> Tensor:
+        return z[:, self.inv_perm]
+
+
+class InvConvLU(Flow):
+    """Invertible 1×1 convolution ``W = P L (U + diag(sign · exp(log_s)))`` (Glow).
+
+    ``P`` is a fixed permutation, ``L`` unit lower triangular, ``U`` strictly
+    upper triangular; ``log|det W| = Σ log_s`` per pixel. Initialised from a
+    random rotation.
+
+    Arguments:
+        channels: number of channels ``C``.
+        seed: seed of the initial rotation.
+    """
+
+    def __init__(self, channels: int, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        w = torch.linalg.qr(torch.randn(channels, channels, generator=g))[0]
+        p, lower, upper = torch.linalg.lu(w)
+        s = torch.diagonal(upper)
+        self.register_buffer("p", p)
+        self.register_buffer("sign_s", torch.sign(s))
+        self.register_buffer("lower_mask", torch.tril(torch.ones(channels, channels), -1))
+        self.register_buffer("eye", torch.eye(channels))
+        self.lower = nn.Parameter(lower)
+        self.upper = nn.Parameter(torch.triu(upper, 1))
+        self.log_s = nn.Parameter(torch.log(torch.abs(s)))
+
+    def weight(self) -> Tensor:
+        """The (C, C) matrix ``W``."""
+        lower = self.lower * self.lower_mask + self.eye
+        upper = self.upper * self.lower_mask.T + torch.diag(self.sign_s * self.log_s.exp())
+        return self.p @ lower @ upper
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        spatial = x[0, 0].numel()
+        logdet = (self.log_s.sum() * spatial).expand(x.shape[0])
+        return _mix(x, self.weight()), logdet
+
+    def inverse(self, z: Tensor, cond: Tensor | None = None) -> Tensor:
+        return _mix(z, torch.linalg.inv(self.weight()))
