@@ -178,3 +178,16 @@ def test_stage_learns_a_mixture_of_clusters():
             conditional_nll = -stage.conditional_log_prob(name, t[mine]).mean()
             assert conditional_nll < prior_nll[mine].mean() - 0.7, (name, conditional_nll, prior_nll[mine].mean())
     assert (accuracy >= 0.95).all(), accuracy
+
+
+def test_zero_weight_examples_do_not_touch_the_loss():
+    torch.manual_seed(0)
+    stage = _image_stage()
+    t, e = _batch()
+    stage.loss(t, e)
+    randomize(stage)
+    t = t.clone().requires_grad_(True)
+    weight = torch.tensor([1.0, 0.0] * 4)
+    stage.loss(t, e, weight=weight, emit_codes=()).loss.backward()
+    assert t.grad[weight == 0].abs().max() == 0
+    assert t.grad[weight == 1].abs().max() > 0

@@ -82,6 +82,12 @@ def _where_e(e: Tensor, if_one: Tensor, if_zero: Tensor) -> Tensor:
     return torch.where(mask, if_one, if_zero)
 
 
+def _weighted_mean(weight: Tensor):
+    """``x ↦ Σ w·x / Σ w`` over the batch (0 when every weight is 0)."""
+    total = weight.sum().clamp(min=1e-12)
+    return lambda x: (weight * x).sum() / total
+
+
 class TzKStage(nn.Module):
     """A TzK model over an observation ``t`` (Livne & Fleet, Eqs. 3–7, 10).
 
@@ -198,7 +204,7 @@ class TzKStage(nn.Module):
     def loss(self, t: Tensor, e: Tensor, observed: Tensor | None = None, *,
              z: Tensor | None = None, logdet: Tensor | None = None,
              active: Sequence[str] | None = None, mode: str | None = None,
-             emit_codes: Collection[str] = ()) -> StageOutput:
+             emit_codes: Collection[str] = (), weight: Tensor | None = None) -> StageOutput:
         """The negative lower bound ``−½(log p_enc + log p_dec)`` (Eq. 10), batch mean.
 
         Missing codes are drawn per batch from the encoder (``c ~ p(c | e, t)``)
@@ -215,6 +221,9 @@ class TzKStage(nn.Module):
                 gives the plain flow NLL ``−log p(t)`` (K = 0).
             mode: ``"encoder"`` or ``"decoder"`` to fix the code source; ``None`` draws it.
             emit_codes: knowledge types whose ``c ~ p(c | e=1, t)`` to return.
+            weight: ``(B,)`` per-example weights of the mean (default 1). A graph
+                passes 0 for examples whose parent knowledge is absent, which
+                keeps every shape static (no data-dependent indexing).
         """
         if z is None:
             z, logdet = self.t_flow(t)
@@ -224,20 +233,24 @@ class TzKStage(nn.Module):
             observed = torch.ones_like(e, dtype=torch.bool)
         if mode is None:
             mode = "encoder" if torch.rand(()) < 0.5 else "decoder"
-        metrics: dict[str, Tensor] = {"log_p_t": log_p_t.detach().mean()}
+        if weight is None:
+            weight = torch.ones_like(log_p_t)
+        mean = _weighted_mean(weight)
+        metrics: dict[str, Tensor] = {"log_p_t": mean(log_p_t.detach())}
         log_p_enc = log_p_t
         log_p_dec = -(len(names) - 1) * log_p_t
         columns = {name: i for i, name in enumerate(self.names)}
         for name in names:
             col = columns[name]
-            enc, dec = self._knowledge_terms(name, t, z, logdet, e[:, col], observed[:, col], mode, metrics)
+            enc, dec = self._knowledge_terms(name, t, z, logdet, e[:, col], observed[:, col] & (weight > 0),
+                                             mode, metrics)
             log_p_enc = log_p_enc + enc
             log_p_dec = log_p_dec + dec
-            metrics[f"{name}/knowledge_gap"] = (dec - log_p_t - enc).detach().mean()
+            metrics[f"{name}/knowledge_gap"] = mean((dec - log_p_t - enc).detach())
         codes = {name: self.encode(name, t) for name in emit_codes}
-        loss = -0.5 * (log_p_enc + log_p_dec).mean()
-        metrics.update(loss=loss.detach(), log_p_enc=log_p_enc.detach().mean(),
-                       log_p_dec=log_p_dec.detach().mean())
+        loss = -0.5 * mean(log_p_enc + log_p_dec)
+        metrics.update(loss=loss.detach(), log_p_enc=mean(log_p_enc.detach()),
+                       log_p_dec=mean(log_p_dec.detach()))
         return StageOutput(loss, metrics, codes)
 
     def _knowledge_terms(self, name: str, t: Tensor, z: Tensor, logdet: Tensor, e: Tensor,
