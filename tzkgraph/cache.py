@@ -92,7 +92,8 @@ class LatentCache:
                 os.remove(tmp)
 
     def get_or_build(self, compute: Callable[[Tensor], Mapping[str, Tensor]], n: int,
-                     batch_size: int = 256, description: str = "caching") -> dict[str, Tensor]:
+                     batch_size: int = 256, description: str = "caching",
+                     progress: bool = True) -> dict[str, Tensor]:
         """Loads the arrays, or computes them over examples ``0..n-1`` and writes them.
 
         Arguments:
@@ -100,6 +101,7 @@ class LatentCache:
             n: number of examples.
             batch_size: examples per ``compute`` call.
             description: the progress bar's label.
+            progress: show the progress bar.
         """
         arrays = self.load()
         self.built = arrays is None
@@ -107,7 +109,8 @@ class LatentCache:
             return arrays
         parts: dict[str, list[Tensor]] = {}
         with torch.no_grad():
-            for start in tqdm(range(0, n, batch_size), desc=description, unit="batch", leave=False):
+            for start in tqdm(range(0, n, batch_size), desc=description, unit="batch",
+                              leave=False, disable=not progress):
                 index = torch.arange(start, min(start + batch_size, n))
                 for name, x in compute(index).items():
                     parts.setdefault(name, []).append(x.detach().float().cpu())

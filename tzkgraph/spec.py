@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 TOP_KEYS = ("name", "seed", "data", "stages", "train")
-DATA_KEYS = ("root", "sources", "image", "dequant_seed")
+DATA_KEYS = ("root", "sources", "image", "dequant_seed", "limit")
 STAGE_KEYS = ("observe", "flow", "code_flow", "nets", "knowledge")
 KNOWLEDGE_KEYS = ("code_dim", "present", "code_flow", "group")
 FLOW_KEYS = ("levels", "steps", "hidden", "permutation")
@@ -177,8 +177,10 @@ def _read_data(value: Any) -> DataSpec:
                           f"RGB), got {channels}: {'/'.join(DATASET_CLASSES)} images are gray")
     image = ImageSpec(read_int(image_raw.get("size", default.size), "data.image.size", 28, 64),
                       channels, read_int(image_raw.get("bits", default.bits), "data.image.bits", 1, 8))
+    limit = raw.get("limit")
     return DataSpec(tuple(sources), image, read_str(raw.get("root"), "data.root", nullable=True),
-                    read_int(raw.get("dequant_seed", 0), "data.dequant_seed", 0))
+                    read_int(raw.get("dequant_seed", 0), "data.dequant_seed", 0),
+                    None if limit is None else read_int(limit, "data.limit", 1))
 
 
 def _read_stage(name: Any, value: Any, data: DataSpec | None,

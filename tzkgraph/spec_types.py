@@ -57,6 +57,7 @@ class DataSpec:
     image: ImageSpec = field(default_factory=ImageSpec)
     root: str | None = None                                # None = tzkgraph.data.default_root()
     dequant_seed: int = 0                                  # seed of the uniform dequantisation
+    limit: int | None = None                               # first N examples per source and split (None = all)
 
     @property
     def source_names(self) -> list[str]:
@@ -65,7 +66,7 @@ class DataSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return {"root": self.root, "sources": [asdict(s) for s in self.sources],
-                "image": asdict(self.image), "dequant_seed": self.dequant_seed}
+                "image": asdict(self.image), "dequant_seed": self.dequant_seed, "limit": self.limit}
 
 
 @dataclass(frozen=True)

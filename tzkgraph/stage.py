@@ -105,6 +105,10 @@ class TzKStage(nn.Module):
         levels, steps, hidden, permutation: the t-flow (``levels`` only for images).
         net_hidden: width of every knowledge type's networks.
         code_steps, code_hidden: default code-flow size.
+        exact_gradient: differentiate the ``−(K−1)·log p(t)`` factor of ``log p_dec``
+            too. Off by default: that factor's gradient rewards a trainable
+            t-flow for shrinking ``p(t)`` when ``K > 2``, and the bound then
+            diverges (the loss's value is the same either way).
 
     Example:
         >>> stage = TzKStage((2,), {"left": 2, "right": 2}, steps=4, hidden=32)
@@ -114,9 +118,11 @@ class TzKStage(nn.Module):
 
     def __init__(self, t_shape: Sequence[int], knowledge: Mapping[str, int | Mapping], *,
                  levels: int = 3, steps: int = 4, hidden: int = 64, permutation: str = "shuffle",
-                 net_hidden: int = 64, code_steps: int = 4, code_hidden: int = 64):
+                 net_hidden: int = 64, code_steps: int = 4, code_hidden: int = 64,
+                 exact_gradient: bool = False):
         super().__init__()
         self.t_shape = tuple(t_shape)
+        self.exact_gradient = exact_gradient
         self.t_flow = make_t_flow(self.t_shape, levels, steps, hidden, permutation)
         self.z_dim = self.t_flow.dim
         self._defaults = dict(hidden=net_hidden, code_steps=code_steps, code_hidden=code_hidden,
@@ -238,7 +244,11 @@ class TzKStage(nn.Module):
         mean = _weighted_mean(weight)
         metrics: dict[str, Tensor] = {"log_p_t": mean(log_p_t.detach())}
         log_p_enc = log_p_t
-        log_p_dec = -(len(names) - 1) * log_p_t
+        # p_dec = Π p(t|k_i) p(k_i) / p(t)^(K-1) (Eq. 4). Its value is the paper's; its gradient
+        # through the -(K-1) log p(t) factor is cut (unless `exact_gradient`): with K > 2 that
+        # factor rewards a t-flow for making p(t) small and the bound runs off to -inf.
+        correction = log_p_t if self.exact_gradient else log_p_t.detach()
+        log_p_dec = -(len(names) - 1) * correction
         columns = {name: i for i, name in enumerate(self.names)}
         for name in names:
             col = columns[name]

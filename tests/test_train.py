@@ -1,0 +1,105 @@
+"""Training a graph end to end: losses, cache reuse, exact resume, online knowledge, NaN stop."""
+
+from __future__ import annotations
+
+import torch
+import pytest
+
+from tzkgraph.checkpoint import load_checkpoint
+from tzkgraph.errors import TzkError
+from tzkgraph.spec import load_spec
+from tzkgraph.train import run
+
+LONGER = ["train.phases.0.steps=120", "train.phases.1.steps=60"]  # for the losses to fall
+
+
+def tiny(tmp_path, *overrides):
+    """tiny.yaml on 1000 MNIST images, 30 + 20 steps, writing under ``tmp_path``."""
+    quick = ["data.limit=1000", "train.log_every=5", "train.checkpoint_every=10",
+             "train.phases.0.steps=30", "train.phases.1.steps=20",
+             f"train.out_dir={tmp_path / 'runs'}", f"train.cache_dir={tmp_path / 'cache'}"]
+    return load_spec("graphs/tiny.yaml", quick + list(overrides))
+
+
+def _mean(history, key, phase, first: bool, n: int = 4):
+    values = [line[key] for line in history if line["phase"] == phase and key in line]
+    return sum(values[:n] if first else values[-n:]) / n
+
+
+def _weights(tmp_path):
+    return load_checkpoint(tmp_path / "runs" / "tiny" / "checkpoint.pt")["model"]
+
+
+def test_tiny_trains_end_to_end_with_falling_losses(tmp_path):
+    result = run(tiny(tmp_path, *LONGER), progress=False, say=lambda _: None)
+    assert result.finished and result.step == 180
+    assert result.caches_built == ["images/t_flow"]
+    history = result.history
+    # the t-flow alone: its NLL over 1024 dims falls by hundreds of nats
+    assert _mean(history, "loss", "pretrain", first=False) < _mean(history, "loss", "pretrain", first=True) - 300
+    # then the knowledge on the frozen, cached flow: the digit stage's loss falls too
+    assert _mean(history, "digits/loss", "conditional", False) < _mean(history, "digits/loss", "conditional", True)
+    state = _weights(tmp_path)
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_second_run_reuses_the_cache_and_changed_weights_rebuild_it(tmp_path):
+    run(tiny(tmp_path), progress=False, say=lambda _: None)
+    again = run(tiny(tmp_path), fresh=True, progress=False, say=lambda _: None)
+    assert again.caches_built == []  # same seed, same frozen flow: nothing recomputed
+    other = run(tiny(tmp_path, "seed=1"), fresh=True, progress=False, say=lambda _: None)
+    assert other.caches_built == ["images/t_flow"]  # other frozen weights: rebuilt
+
+    cache = tmp_path / "cache" / "tiny" / "images.t_flow.h5"
+    cache.write_bytes(cache.read_bytes()[:1000])  # truncated
+    rebuilt = run(tiny(tmp_path, "seed=1"), fresh=True, progress=False, say=lambda _: None)
+    assert rebuilt.caches_built == ["images/t_flow"]
+
+
+def test_resume_continues_exactly(tmp_path):
+    whole = run(tiny(tmp_path / "a"), progress=False, say=lambda _: None)
+    spec = tiny(tmp_path / "b")
+    stopped = run(spec, stop_after=37, progress=False, say=lambda _: None)  # mid conditional phase
+    assert not stopped.finished and stopped.step == 37
+    saved = load_checkpoint(tmp_path / "b" / "runs" / "tiny" / "checkpoint.pt")
+    assert saved["step"] == 37 and saved["optimizer"]["state"]
+
+    with pytest.raises(TzkError, match="--resume"):
+        run(spec, progress=False, say=lambda _: None)  # refuses to silently restart
+    resumed = run(spec, resume=True, progress=False, say=lambda _: None)
+    assert resumed.finished and resumed.step == whole.step
+    assert resumed.history[0]["step"] == 40  # continues the step count
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # same steps, optimizer and RNG state
+
+
+def test_added_knowledge_trains_alone_and_keeps_old_weights(tmp_path):
+    run(tiny(tmp_path), progress=False, say=lambda _: None)
+    before = _weights(tmp_path)
+    grown = tiny(tmp_path, "stages.digits.knowledge.5={code_dim: 2, present: {label: 5}}")
+    result = run(grown, progress=False, say=lambda _: None)
+    assert result.trained_parts == ["digits/5"]
+    assert result.caches_built == ["images/codes"]  # the frozen image stage's code posteriors
+    after = _weights(tmp_path)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    new = [k for k in after if k not in before]
+    assert new and any(not torch.equal(after[k], torch.zeros_like(after[k])) for k in new)
+    assert result.step == 50 + 20  # the pretrain phase had nothing new and was skipped
+
+
+def test_divergence_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_path):
+    run(tiny(tmp_path), progress=False, say=lambda _: None)
+    good = (tmp_path / "runs" / "tiny" / "checkpoint.pt").read_bytes()
+    with pytest.raises(TzkError, match="NaN/Inf"):
+        run(tiny(tmp_path, "train.lr=1e8", "train.warmup=0", "train.log_every=1"), fresh=True,
+            progress=False, say=lambda _: None)
+    assert (tmp_path / "runs" / "tiny" / "checkpoint.pt").read_bytes() == good
+
+
+def test_changed_graph_with_no_new_part_is_refused(tmp_path):
+    run(tiny(tmp_path), progress=False, say=lambda _: None)
+    ckpt = tmp_path / "runs" / "tiny" / "checkpoint.pt"
+    before = ckpt.read_bytes()
+    with pytest.raises(TzkError, match="different graph"):
+        run(tiny(tmp_path, "stages.images.flow.hidden=8"), progress=False, say=lambda _: None)
+    assert ckpt.read_bytes() == before

@@ -1,0 +1,115 @@
+"""A graph's training data: every source's images and labels as tensors on one device."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .data import dequantise, load_images, pad_to, quantise
+from .present import PresentRule
+from .spec_types import DataSpec
+
+__all__ = ["GraphData", "load_graph_data", "fixed_uniform_grid"]
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _mix32(x: Tensor) -> Tensor:
+    """A 32-bit integer hash (lowbias32) on int64 tensors holding values in [0, 2^32)."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _MASK32
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & _MASK32
+    return x ^ (x >> 16)
+
+
+def fixed_uniform_grid(index: Tensor, numel: int, seed: int, bits: int) -> Tensor:
+    """Per-example dequantisation noise that depends only on (example, pixel, seed).
+
+    Counter-based (a hash, no state), so the frozen t-flow's cached ``z`` and
+    the images the encoder networks see in a batch use the same noise without
+    storing it. Values lie on the grid of :func:`tzkgraph.data.dequantise`
+    (step ``2**-(24-bits)``) in ``[0, 1)``.
+
+    Returns:
+        ``(B, numel)`` float32 on ``index.device``.
+    """
+    steps = 2 ** (24 - bits)
+    pixel = torch.arange(numel, device=index.device, dtype=torch.int64)
+    key = _mix32((index.to(torch.int64)[:, None] * 0x9E3779B1 + seed * 0x85EBCA77) & _MASK32)
+    h = _mix32((key ^ pixel) & _MASK32)
+    return (h % steps).to(torch.float32) / steps
+
+
+@dataclass
+class GraphData:
+    """All examples of one split of a graph's sources, concatenated in source order.
+
+    Attributes:
+        images: ``(N, C, S, S)`` quantised integers (uint8), already on the device.
+        source_index: ``(N,)`` index into ``source_names`` of each example's source.
+        labels: ``(N,)`` class labels.
+        source_names: the data sources, in order.
+        bits: bit depth of ``images``.
+        dequant_seed: seed of the fixed dequantisation noise.
+    """
+
+    images: Tensor
+    source_index: Tensor
+    labels: Tensor
+    source_names: list[str]
+    bits: int
+    dequant_seed: int = 0
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def present(self, rule: PresentRule) -> Tensor:
+        """``e`` of every example for one rule, ``(N,)`` bool."""
+        return rule.evaluate(self.source_index, self.labels, self.source_names)
+
+    def observations(self, index: Tensor, fixed: bool = False,
+                     generator: torch.Generator | None = None) -> Tensor:
+        """Dequantised images ``t ∈ [-½, ½)`` for the examples ``index``, ``(B, C, S, S)``.
+
+        Arguments:
+            index: example indices on the data's device.
+            fixed: use the example's fixed noise (what a frozen t-flow's cache
+                was computed with) rather than a fresh draw.
+            generator: for fresh noise.
+        """
+        x = self.images[index]
+        if not fixed:
+            return dequantise(x, self.bits, generator)
+        u = fixed_uniform_grid(index, x[0].numel(), self.dequant_seed, self.bits).view(x.shape)
+        return (x.to(torch.float32) + u) / 2**self.bits - 0.5
+
+    def to(self, device: torch.device | str) -> "GraphData":
+        return GraphData(self.images.to(device), self.source_index.to(device), self.labels.to(device),
+                         self.source_names, self.bits, self.dequant_seed)
+
+
+def load_graph_data(spec: DataSpec, split: str = "train",
+                    device: torch.device | str = "cpu") -> GraphData:
+    """Loads, pads, quantises and concatenates every source of ``spec``.
+
+    Arguments:
+        spec: the graph's ``data:`` section (``limit`` keeps the first N per source).
+        split: ``"train"`` or ``"test"``.
+        device: where the tensors live during training (no per-step copies).
+    """
+    images, sources, labels = [], [], []
+    for i, source in enumerate(spec.sources):
+        x, y = load_images(source.dataset, split, spec.root)
+        if spec.limit is not None:  # the first examples of each source
+            x, y = x[:spec.limit], y[:spec.limit]
+        x = quantise(pad_to(x, spec.image.size), spec.image.bits)
+        if spec.image.channels == 3:
+            x = x.expand(-1, 3, -1, -1)
+        images.append(x.contiguous())
+        labels.append(y)
+        sources.append(torch.full_like(y, i))
+    return GraphData(torch.cat(images), torch.cat(sources), torch.cat(labels),
+                     spec.source_names, spec.image.bits, spec.dequant_seed).to(device)

@@ -1,0 +1,194 @@
+"""One training phase of a graph: what to compute, what to cache, and the summed loss."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .cache import FORMAT_VERSION, LatentCache, hash_module, hash_tensors
+from .dataset import GraphData
+from .model import TzKGraph
+from .spec_types import FLOW_PART, GraphSpec, spec_hash
+
+__all__ = ["PhasePlan", "plan_phase", "GraphExecutor"]
+
+
+@dataclass
+class PhasePlan:
+    """What a phase evaluates, given the atomic parts it trains.
+
+    Attributes:
+        trainable: atomic parts (``STAGE/flow``, ``STAGE/KNOWLEDGE``) that train.
+        active: per stage, the knowledge types in its objective (the ones that train).
+        loss_stages: stages whose loss is summed into the objective.
+        compute: stages evaluated at all, parents first (loss stages and their ancestors).
+        emit: per stage, the knowledge types whose codes a computed child observes.
+        cached_flow: root stages whose frozen t-flow output is read from the cache.
+        cached_codes: root stages, fully frozen, whose code posteriors are read from the cache.
+    """
+
+    trainable: frozenset[str]
+    active: dict[str, list[str]] = field(default_factory=dict)
+    loss_stages: list[str] = field(default_factory=list)
+    compute: list[str] = field(default_factory=list)
+    emit: dict[str, list[str]] = field(default_factory=dict)
+    cached_flow: set[str] = field(default_factory=set)
+    cached_codes: set[str] = field(default_factory=set)
+
+
+def plan_phase(spec: GraphSpec, trainable: frozenset[str]) -> PhasePlan:
+    """Works out a :class:`PhasePlan` (see its attributes) from the trainable parts."""
+    plan = PhasePlan(trainable)
+    for stage in spec.stages:
+        plan.active[stage.name] = [k for k in stage.knowledge_names if f"{stage.name}/{k}" in trainable]
+        if f"{stage.name}/{FLOW_PART}" in trainable or plan.active[stage.name]:
+            plan.loss_stages.append(stage.name)
+    needed: set[str] = set()
+    for name in reversed(spec.order):
+        if name in plan.loss_stages or any(child in needed for child in spec.children(name)):
+            needed.add(name)
+    plan.compute = [name for name in spec.order if name in needed]
+    for name in plan.compute:
+        plan.emit[name] = []
+    for name in plan.compute:
+        for parent, k in spec.parents(name):
+            if k not in plan.emit[parent]:
+                plan.emit[parent].append(k)
+    for name in plan.compute:
+        if spec.stage(name).is_root:
+            if name in plan.loss_stages and f"{name}/{FLOW_PART}" not in trainable:
+                plan.cached_flow.add(name)
+            elif name not in plan.loss_stages:
+                plan.cached_codes.add(name)
+    return plan
+
+
+class GraphExecutor:
+    """Evaluates a phase's objective on a batch of example indices.
+
+    Frozen root parts are computed once over the dataset and cached in HDF5
+    (:class:`~tzkgraph.cache.LatentCache`); the arrays then live on the data's
+    device. Examples flow down an edge ``A/k → B`` only where ``e_k = 1``: a
+    child stage sees every example of the batch with weight
+    ``Π e_parent`` (static shapes, no data-dependent indexing).
+
+    Arguments:
+        model: the graph's stages.
+        data: the training split, on the training device.
+        plan: the phase's plan.
+        cache_dir: folder of the HDF5 caches.
+        batch_size: examples per batch when building a cache.
+        progress: show progress bars while building caches.
+    """
+
+    def __init__(self, model: TzKGraph, data: GraphData, plan: PhasePlan, cache_dir: str | Path,
+                 batch_size: int = 256, progress: bool = True):
+        self.model, self.data, self.plan = model, data, plan
+        self.spec = model.spec
+        self.cache_dir = Path(cache_dir)
+        self.batch_size = batch_size
+        self.progress = progress
+        self.present = {
+            s.name: torch.stack([data.present(k.present) for k in s.knowledge], 1).float()
+            for s in self.spec.stages}  # stage -> (N, K)
+        self.caches_built: list[str] = []
+        self.flow_cache: dict[str, tuple[Tensor, Tensor]] = {}
+        self.code_cache: dict[str, dict[str, tuple[Tensor, Tensor]]] = {}
+        self._data_hash: str | None = None
+        for name in sorted(plan.cached_flow):
+            self._build_flow_cache(name)
+        for name in sorted(plan.cached_codes):
+            self._build_code_cache(name)
+
+    # --- caches ---------------------------------------------------------------------------
+
+    def _key(self, stage: str, what: str, module: torch.nn.Module) -> str:
+        if self._data_hash is None:
+            d = self.data
+            self._data_hash = hash_tensors([d.images, d.labels, d.source_index])
+        return spec_hash({
+            "format": FORMAT_VERSION, "what": what, "stage": self.spec.stage(stage).to_dict(),
+            "t_shape": list(self.spec.t_shape(stage)), "weights": hash_module(module),
+            "data": self.spec.data.to_dict(), "data_hash": self._data_hash,
+            "dequant_seed": self.data.dequant_seed,
+        })
+
+    def _cache(self, stage: str, what: str, module: torch.nn.Module, compute) -> dict[str, Tensor]:
+        key = self._key(stage, what, module)
+        cache = LatentCache(self.cache_dir / self.spec.name / f"{stage}.{what}.h5", key)
+        arrays = cache.get_or_build(compute, len(self.data), self.batch_size,
+                                    description=f"caching {stage}/{what}", progress=self.progress)
+        if cache.built:
+            self.caches_built.append(f"{stage}/{what}")
+        device = self.data.images.device
+        return {k: v.to(device) for k, v in arrays.items()}
+
+    def _build_flow_cache(self, name: str) -> None:
+        stage = self.model.stages[name]
+
+        def compute(index: Tensor) -> dict[str, Tensor]:
+            z, logdet = stage.t_flow(self.data.observations(index.to(self.data.images.device), fixed=True))
+            return {"z": z, "logdet": logdet}
+
+        arrays = self._cache(name, "t_flow", stage.t_flow, compute)
+        self.flow_cache[name] = (arrays["z"], arrays["logdet"])
+
+    def _build_code_cache(self, name: str) -> None:
+        stage = self.model.stages[name]
+        emitted = self.plan.emit[name]
+
+        def compute(index: Tensor) -> dict[str, Tensor]:
+            t = self.data.observations(index.to(self.data.images.device), fixed=True)
+            out = {}
+            for k in emitted:
+                out[f"{k}.mean"], out[f"{k}.log_std"] = stage.knowledge[k].encoder_posterior[1](t)
+            return out
+
+        arrays = self._cache(name, "codes", stage, compute)
+        self.code_cache[name] = {k: (arrays[f"{k}.mean"], arrays[f"{k}.log_std"]) for k in emitted}
+
+    # --- the objective --------------------------------------------------------------------
+
+    def loss(self, index: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """The sum of the phase's stage losses on examples ``index``, and their metrics."""
+        total = None
+        metrics: dict[str, Tensor] = {}
+        weights: dict[str, Tensor] = {}
+        codes: dict[str, dict[str, Tensor]] = {}
+        for name in self.plan.compute:
+            spec, stage = self.spec.stage(name), self.model.stages[name]
+            e = self.present[name][index]
+            if spec.is_root:
+                fixed = name in self.plan.cached_flow or name in self.plan.cached_codes
+                t = self.data.observations(index, fixed=fixed, generator=generator)
+                weight = torch.ones(index.shape[0], device=t.device)
+            else:
+                weight = torch.ones_like(index, dtype=torch.float32)
+                parts = []
+                for parent, k in spec.parents:
+                    col = self.spec.stage(parent).knowledge_names.index(k)
+                    weight = weight * weights[parent] * self.present[parent][index, col]
+                    parts.append(codes[parent][k])
+                t = torch.cat(parts, dim=1)
+            weights[name] = weight
+            if name in self.plan.loss_stages:
+                z = logdet = None
+                if name in self.plan.cached_flow:
+                    z, logdet = (x[index] for x in self.flow_cache[name])
+                out = stage.loss(t, e, z=z, logdet=logdet, active=self.plan.active[name],
+                                 weight=weight, emit_codes=self.plan.emit[name])
+                total = out.loss if total is None else total + out.loss
+                metrics.update({f"{name}/{k}": v for k, v in out.metrics.items()})
+                codes[name] = out.codes
+            elif name in self.plan.cached_codes:
+                codes[name] = {}
+                for k, (mean, log_std) in self.code_cache[name].items():
+                    m, s = mean[index], log_std[index]
+                    codes[name][k] = stage.knowledge[k].code_flow.inverse(m + s.exp() * torch.randn_like(m))
+            else:
+                codes[name] = {k: stage.encode(k, t) for k in self.plan.emit[name]}
+        metrics["loss"] = total.detach()
+        return total, metrics

@@ -1,0 +1,244 @@
+"""``tzkgraph run``: train a graph's phases end to end, resumably."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .dataset import load_graph_data
+from .errors import TzkError
+from .executor import GraphExecutor, plan_phase
+from .model import TzKGraph, load_matching
+from .spec_types import GraphSpec, canonical_json
+
+__all__ = ["RunResult", "run", "pick_device", "graph_identity"]
+
+
+@dataclass
+class RunResult:
+    """What a finished (or stopped) run leaves behind."""
+
+    run_dir: Path
+    step: int
+    finished: bool
+    history: list[dict[str, Any]] = field(default_factory=list)  # the metric lines logged now
+    caches_built: list[str] = field(default_factory=list)
+    trained_parts: list[str] = field(default_factory=list)
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` → CUDA when there is a GPU, else CPU; otherwise the named device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TzkError(f"train.device: {name!r} asked for, but CUDA is not available (use auto or cpu)")
+    return device
+
+
+def graph_identity(spec_dict: dict[str, Any]) -> str:
+    """The parts of a spec that define the model and its data (not training settings)."""
+    return canonical_json({k: v for k, v in spec_dict.items() if k != "train"})
+
+
+def _warmup(steps: int) -> Callable[[int], float]:
+    return lambda step: min(1.0, (step + 1) / steps) if steps > 0 else 1.0
+
+
+class _Log:
+    """Metric lines to ``metrics.jsonl`` (and TensorBoard when it is installed)."""
+
+    def __init__(self, run_dir: Path, keep_until: int | None):
+        self.path = run_dir / "metrics.jsonl"
+        lines = self.path.read_text().splitlines() if self.path.exists() else []
+        if keep_until is not None:  # resuming: drop what the interrupted run logged after its checkpoint
+            lines = [l for l in lines if l.strip() and json.loads(l)["step"] <= keep_until]
+        else:
+            lines = []
+        self.path.write_text("".join(l + "\n" for l in lines))
+        self.history: list[dict[str, Any]] = []
+        self.tensorboard = None
+        with contextlib.suppress(ImportError):
+            from torch.utils.tensorboard import SummaryWriter
+            self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def write(self, line: dict[str, Any]) -> None:
+        self.history.append(line)
+        with self.path.open("a") as f:
+            f.write(json.dumps(line) + "\n")
+        if self.tensorboard is not None:
+            for key, value in line.items():
+                if isinstance(value, float):
+                    self.tensorboard.add_scalar(key, value, line["step"])
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+def _start(spec: GraphSpec, model: TzKGraph, ckpt_path: Path, resume: bool, fresh: bool,
+           say: Callable[[str], None]) -> dict[str, Any] | None:
+    """Decides how a run starts from what is on disk; returns the checkpoint to continue, if any."""
+    if fresh or not ckpt_path.exists():
+        if resume:
+            raise TzkError(f"--resume: no checkpoint at {ckpt_path} to resume")
+        if spec.train.init_from:
+            state = load_checkpoint(spec.train.init_from)
+            new, mismatched = load_matching(model, state["model"])
+            if mismatched:
+                raise TzkError(f"train.init_from: {spec.train.init_from} has other shapes for "
+                               f"{len(mismatched)} weights (e.g. {mismatched[0]})")
+            say(f"initialised from {spec.train.init_from} ({len(new)} new weights)")
+        return None
+    state = load_checkpoint(ckpt_path)
+    same_graph = graph_identity(state["spec"]) == graph_identity(spec.to_dict())
+    if resume:
+        if not same_graph and not state.get("online"):
+            raise TzkError(f"--resume: {ckpt_path} holds a different graph than {spec.source}; "
+                           "use --fresh to start over")
+        return state
+    if same_graph:
+        if state["finished"]:
+            return state
+        raise TzkError(f"{ckpt_path}: an unfinished run (step {state['step']}) of this graph is there: "
+                       "pass --resume to continue it or --fresh to start over")
+    # The graph changed: online knowledge when the old weights all fit the new graph.
+    new, mismatched = load_matching(model, state["model"])
+    removed = [k for k in state["model"] if k not in model.state_dict()]
+    if mismatched or removed or not new:
+        what = (f"{len(mismatched)} weights change shape" if mismatched else
+                f"{len(removed)} weights are gone" if removed else "no new part to train")
+        raise TzkError(f"{ckpt_path}: holds a run of a different graph ({what}); "
+                       "pass --fresh to replace it, or set train.out_dir")
+    online = sorted({model.part_of(k) for k in new})
+    say(f"online knowledge: keeping every trained weight, training only {', '.join(online)}")
+    return dict(state, online=online, phase=0, phase_step=0, optimizer=None, finished=False,
+                model=model.state_dict(), spec=spec.to_dict(), new_run=True)
+
+
+def run(spec: GraphSpec, *, resume: bool = False, fresh: bool = False, progress: bool = True,
+        stop_after: int | None = None, say: Callable[[str], None] = print) -> RunResult:
+    """Trains ``spec``'s phases in order, checkpointing into ``out_dir/name``.
+
+    Arguments:
+        spec: the validated graph.
+        resume: continue the run in the run directory (same step, optimizer, RNG).
+        fresh: ignore (and, at the first checkpoint, replace) what the run directory holds.
+        progress: show tqdm bars.
+        stop_after: stop (with a checkpoint) once this global step is reached.
+        say: where one-line messages go.
+    """
+    train = spec.train
+    run_dir = Path(train.out_dir) / spec.name
+    ckpt_path = run_dir / "checkpoint.pt"
+    device = pick_device(train.device)
+    torch.manual_seed(spec.seed)
+    generator = torch.Generator(device=device).manual_seed(spec.seed)
+    model = TzKGraph(spec).to(device)
+    state = _start(spec, model, ckpt_path, resume, fresh, say)
+    if state is not None and state["finished"]:
+        say(f"{run_dir}: already trained ({state['step']} steps); --fresh retrains, "
+            "and adding knowledge types to the YAML trains only those")
+        return RunResult(run_dir, state["step"], True)
+    online = state.get("online") if state else None
+    phase_index = state["phase"] if state else 0
+    phase_step = state["phase_step"] if state else 0
+    step = state["step"] if state else 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        if not state.get("new_run"):
+            set_rng_state(state["rng"], generator)
+    data = load_graph_data(spec.data, "train", device=device)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = _Log(run_dir, step if state is not None else None)
+    say(f"training {spec.name} on {device}; run directory {run_dir}")
+    use_amp = train.amp and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    result = RunResult(run_dir, step, False)
+
+    def checkpoint(optimizer, scheduler, finished: bool) -> None:
+        bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise TzkError(f"step {step}: non-finite weights ({bad[0]}); stopped, the last good "
+                           f"checkpoint {ckpt_path} is kept")
+        save_checkpoint(ckpt_path, {
+            "spec": spec.to_dict(), "model": model.state_dict(),
+            "optimizer": optimizer.state_dict() if optimizer else None,
+            "scheduler": scheduler.state_dict() if scheduler else None,
+            "phase": phase_index, "phase_step": phase_step, "step": step, "finished": finished,
+            "online": online, "rng": rng_state(generator)})
+        (run_dir / "graph.json").write_text(json.dumps(spec.to_dict(), indent=1))
+
+    try:
+        while phase_index < len(train.phases):
+            phase = train.phases[phase_index]
+            trainable = spec.trainable(phase)
+            if online is not None:
+                trainable = trainable & frozenset(online)
+            if not trainable:
+                say(f"phase {phase.name}: nothing new to train, skipped")
+                phase_index, phase_step = phase_index + 1, 0
+                continue
+            params = model.set_trainable(trainable)
+            model.train()
+            for part in {p for p in spec.atomic_parts() if p not in trainable}:
+                model.part(part).eval()  # frozen: no data-dependent (re)initialisation
+            plan = plan_phase(spec, trainable)
+            executor = GraphExecutor(model, data, plan, train.cache_dir, progress=progress)
+            result.caches_built += executor.caches_built
+            result.trained_parts = sorted(set(result.trained_parts) | trainable)
+            optimizer = torch.optim.Adam(params, lr=train.lr)
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup(train.warmup))
+            if state is not None and state.get("optimizer") and state["phase"] == phase_index:
+                optimizer.load_state_dict(state["optimizer"])
+                scheduler.load_state_dict(state["scheduler"])
+            loss_fn = torch.compile(executor.loss) if train.compile else executor.loss
+            bar = tqdm(total=phase.steps, initial=phase_step, desc=f"{spec.name}/{phase.name}",
+                       unit="step", disable=not progress, dynamic_ncols=True)
+            while phase_step < phase.steps:
+                index = torch.randint(len(data), (train.batch_size,), device=device, generator=generator)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    loss, metrics = loss_fn(index)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                step, phase_step = step + 1, phase_step + 1
+                bar.update(1)
+                last = phase_step == phase.steps
+                if step % train.log_every == 0 or last:
+                    line = {"step": step, "phase": phase.name, "lr": scheduler.get_last_lr()[0]}
+                    line.update({k: float(v) for k, v in metrics.items()})
+                    if not all(math.isfinite(v) for v in line.values() if isinstance(v, float)):
+                        raise TzkError(f"step {step} (phase {phase.name}): the loss became NaN/Inf; "
+                                       f"stopped, the last good checkpoint {ckpt_path} is kept "
+                                       "(try a lower train.lr or a longer train.warmup)")
+                    log.write(line)
+                    bar.set_postfix(loss=f"{line['loss']:.4g}")
+                stopping = stop_after is not None and step >= stop_after
+                if last:  # the next phase starts with a new optimizer
+                    phase_index, phase_step = phase_index + 1, 0
+                    checkpoint(None, None, finished=phase_index == len(train.phases))
+                elif stopping or (train.checkpoint_every and step % train.checkpoint_every == 0):
+                    checkpoint(optimizer, scheduler, finished=False)
+                if stopping:
+                    bar.close()
+                    say(f"stopped at step {step}; continue with --resume")
+                    result.step, result.history = step, log.history
+                    return result
+                if last:
+                    break
+            bar.close()
+            state = None
+    finally:
+        log.close()
+    result.step, result.finished, result.history = step, True, log.history
+    say(f"done: {step} steps; checkpoint {ckpt_path}, metrics {log.path}")
+    return result
