@@ -71,5 +71,6 @@ def test_corrupt_checkpoint_is_reported_and_left_alone(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "not a readable checkpoint" in err and "\n" not in err.strip()
     assert (run_dir / "checkpoint.pt").read_bytes().startswith(b"\x80\x04 definitely")
-    assert main(["run", "graphs/tiny.yaml", "--set", f"train.init_from={tmp_path / 'none.pt'}"]) == 2
+    assert main(["run", "graphs/tiny.yaml", "--set", f"train.out_dir={tmp_path / 'other'}",
+                 "--set", f"train.init_from={tmp_path / 'none.pt'}"]) == 2
     assert "no such checkpoint" in capsys.readouterr().err

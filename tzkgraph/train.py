@@ -137,6 +137,8 @@ def run(spec: GraphSpec, *, resume: bool = False, fresh: bool = False, progress:
         say: where one-line messages go.
     """
     train = spec.train
+    if train.init_from and not Path(train.init_from).is_file():
+        raise TzkError(f"train.init_from: {train.init_from}: no such checkpoint")
     run_dir = Path(train.out_dir) / spec.name
     ckpt_path = run_dir / "checkpoint.pt"
     device = pick_device(train.device)
