@@ -103,3 +103,24 @@ def test_changed_graph_with_no_new_part_is_refused(tmp_path):
     with pytest.raises(TzkError, match="different graph"):
         run(tiny(tmp_path, "stages.images.flow.hidden=8"), progress=False, say=lambda _: None)
     assert ckpt.read_bytes() == before
+
+
+@pytest.mark.parametrize("trains", [["digits"], ["images/mnist", "digits"]])
+def test_cached_and_recomputed_frozen_parts_give_the_same_loss(tmp_path, trains):
+    from tzkgraph.dataset import load_graph_data
+    from tzkgraph.executor import GraphExecutor, plan_phase
+    from tzkgraph.model import TzKGraph
+
+    spec = tiny(tmp_path)
+    model = TzKGraph(spec)
+    data = load_graph_data(spec.data)
+    plan = plan_phase(spec, frozenset(p for p in spec.atomic_parts() if p.split("/")[0] in trains
+                                      or p in trains))
+    assert plan.cached_codes if trains == ["digits"] else plan.cached_flow
+    model.eval()
+    losses = []
+    for use_cache in (True, False):
+        executor = GraphExecutor(model, data, plan, tmp_path / "cache", progress=False, use_cache=use_cache)
+        torch.manual_seed(0)
+        losses.append(executor.loss(torch.arange(16))[0])
+    assert torch.allclose(losses[0], losses[1], rtol=1e-5, atol=1e-4)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not path.is_file():
         raise TzkError(f"{path}: no such checkpoint")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # a damaged file should give our one line, not torch's warnings
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # truncated zip, pickle refused by weights_only, ...
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise TzkError(f"{path}: not a readable checkpoint ({reason[:160]})") from None

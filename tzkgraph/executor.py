@@ -82,10 +82,12 @@ class GraphExecutor:
         cache_dir: folder of the HDF5 caches.
         batch_size: examples per batch when building a cache.
         progress: show progress bars while building caches.
+        use_cache: ``False`` recomputes the frozen parts every step instead
+            (same results; what ``tools/bench_cache.py`` compares against).
     """
 
     def __init__(self, model: TzKGraph, data: GraphData, plan: PhasePlan, cache_dir: str | Path,
-                 batch_size: int = 256, progress: bool = True):
+                 batch_size: int = 256, progress: bool = True, use_cache: bool = True):
         self.model, self.data, self.plan = model, data, plan
         self.spec = model.spec
         self.cache_dir = Path(cache_dir)
@@ -98,10 +100,12 @@ class GraphExecutor:
         self.flow_cache: dict[str, tuple[Tensor, Tensor]] = {}
         self.code_cache: dict[str, dict[str, tuple[Tensor, Tensor]]] = {}
         self._data_hash: str | None = None
-        for name in sorted(plan.cached_flow):
-            self._build_flow_cache(name)
-        for name in sorted(plan.cached_codes):
-            self._build_code_cache(name)
+        self.use_cache = use_cache
+        if use_cache:
+            for name in sorted(plan.cached_flow):
+                self._build_flow_cache(name)
+            for name in sorted(plan.cached_codes):
+                self._build_code_cache(name)
 
     # --- caches ---------------------------------------------------------------------------
 
@@ -150,6 +154,20 @@ class GraphExecutor:
         arrays = self._cache(name, "codes", stage, compute)
         self.code_cache[name] = {k: (arrays[f"{k}.mean"], arrays[f"{k}.log_std"]) for k in emitted}
 
+    def _frozen_latent(self, name: str, t: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+        if self.use_cache:
+            z, logdet = self.flow_cache[name]
+            return z[index], logdet[index]
+        with torch.no_grad():
+            return self.model.stages[name].t_flow(t)
+
+    def _frozen_posterior(self, name: str, k: str, t: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+        if self.use_cache:
+            mean, log_std = self.code_cache[name][k]
+            return mean[index], log_std[index]
+        with torch.no_grad():
+            return self.model.stages[name].knowledge[k].encoder_posterior[1](t)
+
     # --- the objective --------------------------------------------------------------------
 
     def loss(self, index: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, Tensor]]:
@@ -177,7 +195,7 @@ class GraphExecutor:
             if name in self.plan.loss_stages:
                 z = logdet = None
                 if name in self.plan.cached_flow:
-                    z, logdet = (x[index] for x in self.flow_cache[name])
+                    z, logdet = self._frozen_latent(name, t, index)
                 out = stage.loss(t, e, z=z, logdet=logdet, active=self.plan.active[name],
                                  weight=weight, emit_codes=self.plan.emit[name])
                 total = out.loss if total is None else total + out.loss
@@ -185,8 +203,8 @@ class GraphExecutor:
                 codes[name] = out.codes
             elif name in self.plan.cached_codes:
                 codes[name] = {}
-                for k, (mean, log_std) in self.code_cache[name].items():
-                    m, s = mean[index], log_std[index]
+                for k in self.plan.emit[name]:
+                    m, s = self._frozen_posterior(name, k, t, index)
                     codes[name][k] = stage.knowledge[k].code_flow.inverse(m + s.exp() * torch.randn_like(m))
             else:
                 codes[name] = {k: stage.encode(k, t) for k in self.plan.emit[name]}
