@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .data import dequantise, load_images, pad_to, quantise
+from .data import load_images, pad_to, quantise
 from .present import PresentRule
 from .spec_types import DataSpec
 
@@ -70,20 +70,22 @@ class GraphData:
         """``e`` of every example for one rule, ``(N,)`` bool."""
         return rule.evaluate(self.source_index, self.labels, self.source_names)
 
-    def observations(self, index: Tensor, fixed: bool = False,
-                     generator: torch.Generator | None = None) -> Tensor:
+    def observations(self, index: Tensor, fixed: bool = False, step: int = 0) -> Tensor:
         """Dequantised images ``t ∈ [-½, ½)`` for the examples ``index``, ``(B, C, S, S)``.
+
+        The noise is a counter-based function of (example, pixel, seed), never
+        of a random stream, so it does not depend on how a batch is split
+        across processes.
 
         Arguments:
             index: example indices on the data's device.
-            fixed: use the example's fixed noise (what a frozen t-flow's cache
-                was computed with) rather than a fresh draw.
-            generator: for fresh noise.
+            fixed: use the example's fixed noise (what a frozen part's cache
+                was computed with); otherwise fresh noise for training ``step``.
+            step: the training step (fresh noise differs from step to step).
         """
         x = self.images[index]
-        if not fixed:
-            return dequantise(x, self.bits, generator)
-        u = fixed_uniform_grid(index, x[0].numel(), self.dequant_seed, self.bits).view(x.shape)
+        seed = self.dequant_seed if fixed else (self.dequant_seed + 1) * 1_000_003 + step
+        u = fixed_uniform_grid(index, x[0].numel(), seed, self.bits).view(x.shape)
         return (x.to(torch.float32) + u) / 2**self.bits - 0.5
 
     def to(self, device: torch.device | str) -> "GraphData":

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from .cache import FORMAT_VERSION, LatentCache, hash_module, hash_tensors
 from .dataset import GraphData
+from .distributed import current
 from .model import TzKGraph
 from .spec_types import FLOW_PART, GraphSpec, spec_hash
 
@@ -123,8 +124,17 @@ class GraphExecutor:
     def _cache(self, stage: str, what: str, module: torch.nn.Module, compute) -> dict[str, Tensor]:
         key = self._key(stage, what, module)
         cache = LatentCache(self.cache_dir / self.spec.name / f"{stage}.{what}.h5", key)
-        arrays = cache.get_or_build(compute, len(self.data), self.batch_size,
-                                    description=f"caching {stage}/{what}", progress=self.progress)
+        job = current()
+        if job.is_main:  # rank 0 builds, the other processes wait, then read
+            arrays = cache.get_or_build(compute, len(self.data), self.batch_size,
+                                        description=f"caching {stage}/{what}", progress=self.progress)
+            job.barrier()
+        else:
+            job.barrier()
+            arrays = cache.load()
+            if arrays is None:
+                raise RuntimeError(f"rank {job.rank}: cache {cache.path} missing after rank 0 built it "
+                                   "(is train.cache_dir on storage every process sees?)")
         if cache.built:
             self.caches_built.append(f"{stage}/{what}")
         device = self.data.images.device
@@ -170,8 +180,8 @@ class GraphExecutor:
 
     # --- the objective --------------------------------------------------------------------
 
-    def loss(self, index: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-        """The sum of the phase's stage losses on examples ``index``, and their metrics."""
+    def loss(self, index: Tensor, step: int = 0) -> tuple[Tensor, dict[str, Tensor]]:
+        """The sum of the phase's stage losses on examples ``index`` at training ``step``, and metrics."""
         total = None
         metrics: dict[str, Tensor] = {}
         weights: dict[str, Tensor] = {}
@@ -181,7 +191,7 @@ class GraphExecutor:
             e = self.present[name][index]
             if spec.is_root:
                 fixed = name in self.plan.cached_flow or name in self.plan.cached_codes
-                t = self.data.observations(index, fixed=fixed, generator=generator)
+                t = self.data.observations(index, fixed=fixed, step=step)
                 weight = torch.ones(index.shape[0], device=t.device)
             else:
                 weight = torch.ones_like(index, dtype=torch.float32)

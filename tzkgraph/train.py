@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .dataset import load_graph_data
+from .distributed import setup
 from .errors import TzkError
 from .executor import GraphExecutor, plan_phase
 from .model import TzKGraph, load_matching
@@ -53,25 +55,42 @@ def _warmup(steps: int) -> Callable[[int], float]:
     return lambda step: min(1.0, (step + 1) / steps) if steps > 0 else 1.0
 
 
-class _Log:
-    """Metric lines to ``metrics.jsonl`` (and TensorBoard when it is installed)."""
+class _Objective(torch.nn.Module):
+    """A phase's objective as a module, so DistributedDataParallel can wrap it."""
 
-    def __init__(self, run_dir: Path, keep_until: int | None):
+    def __init__(self, executor: GraphExecutor):
+        super().__init__()
+        self.executor = executor
+        self.model = executor.model  # registers the parameters
+
+    def forward(self, index: torch.Tensor, step: int):
+        return self.executor.loss(index, step)
+
+
+class _Log:
+    """Metric lines to ``metrics.jsonl`` (and TensorBoard when it is installed), on rank 0."""
+
+    def __init__(self, run_dir: Path, keep_until: int | None, enabled: bool = True):
         self.path = run_dir / "metrics.jsonl"
+        self.history: list[dict[str, Any]] = []
+        self.tensorboard = None
+        self.enabled = enabled
+        if not enabled:
+            return
         lines = self.path.read_text().splitlines() if self.path.exists() else []
         if keep_until is not None:  # resuming: drop what the interrupted run logged after its checkpoint
             lines = [l for l in lines if l.strip() and json.loads(l)["step"] <= keep_until]
         else:
             lines = []
         self.path.write_text("".join(l + "\n" for l in lines))
-        self.history: list[dict[str, Any]] = []
-        self.tensorboard = None
         with contextlib.suppress(ImportError):
             from torch.utils.tensorboard import SummaryWriter
             self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
 
     def write(self, line: dict[str, Any]) -> None:
         self.history.append(line)
+        if not self.enabled:
+            return
         with self.path.open("a") as f:
             f.write(json.dumps(line) + "\n")
         if self.tensorboard is not None:
@@ -141,7 +160,12 @@ def run(spec: GraphSpec, *, resume: bool = False, fresh: bool = False, progress:
         raise TzkError(f"train.init_from: {train.init_from}: no such checkpoint")
     run_dir = Path(train.out_dir) / spec.name
     ckpt_path = run_dir / "checkpoint.pt"
-    device = pick_device(train.device)
+    job, device_name = setup(train.device)
+    if train.batch_size % job.world_size:
+        raise TzkError(f"train.batch_size: {train.batch_size} does not split over {job.world_size} processes")
+    if not job.is_main:
+        say, progress = (lambda _: None), False
+    device = pick_device(device_name)
     torch.manual_seed(spec.seed)
     generator = torch.Generator(device=device).manual_seed(spec.seed)
     model = TzKGraph(spec).to(device)
@@ -159,9 +183,11 @@ def run(spec: GraphSpec, *, resume: bool = False, fresh: bool = False, progress:
         if not state.get("new_run"):
             set_rng_state(state["rng"], generator)
     data = load_graph_data(spec.data, "train", device=device)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    log = _Log(run_dir, step if state is not None else None)
-    say(f"training {spec.name} on {device}; run directory {run_dir}")
+    if job.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    log = _Log(run_dir, step if state is not None else None, enabled=job.is_main)
+    where = f"{job.world_size} processes" if job.enabled else str(device)
+    say(f"training {spec.name} on {where}; run directory {run_dir}")
     use_amp = train.amp and device.type == "cuda" and torch.cuda.is_bf16_supported()
     result = RunResult(run_dir, step, False)
 
@@ -170,6 +196,8 @@ def run(spec: GraphSpec, *, resume: bool = False, fresh: bool = False, progress:
         if bad:
             raise TzkError(f"step {step}: non-finite weights ({bad[0]}); stopped, the last good "
                            f"checkpoint {ckpt_path} is kept")
+        if not job.is_main:
+            return
         save_checkpoint(ckpt_path, {
             "spec": spec.to_dict(), "model": model.state_dict(),
             "optimizer": optimizer.state_dict() if optimizer else None,
@@ -201,13 +229,19 @@ def run(spec: GraphSpec, *, resume: bool = False, fresh: bool = False, progress:
             if state is not None and state.get("optimizer") and state["phase"] == phase_index:
                 optimizer.load_state_dict(state["optimizer"])
                 scheduler.load_state_dict(state["scheduler"])
-            loss_fn = torch.compile(executor.loss) if train.compile else executor.loss
+            objective: torch.nn.Module = _Objective(executor)
+            if job.enabled:
+                objective = DistributedDataParallel(
+                    objective, device_ids=[device.index] if device.type == "cuda" else None)
+            loss_fn = torch.compile(objective) if train.compile else objective
             bar = tqdm(total=phase.steps, initial=phase_step, desc=f"{spec.name}/{phase.name}",
                        unit="step", disable=not progress, dynamic_ncols=True)
             while phase_step < phase.steps:
+                # the global batch, drawn alike on every process; each takes its share
                 index = torch.randint(len(data), (train.batch_size,), device=device, generator=generator)
+                index = index.view(job.world_size, -1)[job.rank]
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    loss, metrics = loss_fn(index)
+                    loss, metrics = loss_fn(index, step)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -217,7 +251,9 @@ def run(spec: GraphSpec, *, resume: bool = False, fresh: bool = False, progress:
                 last = phase_step == phase.steps
                 if step % train.log_every == 0 or last:
                     line = {"step": step, "phase": phase.name, "lr": scheduler.get_last_lr()[0]}
-                    line.update({k: float(v) for k, v in metrics.items()})
+                    names = sorted(metrics)
+                    values = job.mean(torch.stack([metrics[k].float() for k in names])).tolist()
+                    line.update(zip(names, values))
                     if not all(math.isfinite(v) for v in line.values() if isinstance(v, float)):
                         raise TzkError(f"step {step} (phase {phase.name}): the loss became NaN/Inf; "
                                        f"stopped, the last good checkpoint {ckpt_path} is kept "

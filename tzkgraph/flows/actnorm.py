@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from .base import Flow
@@ -42,10 +43,27 @@ class ActNorm(Flow):
 
     @torch.no_grad()
     def initialize(self, x: Tensor) -> None:
-        """Sets bias and scale from a batch ``x`` so its output is standardised."""
+        """Sets bias and scale from a batch ``x`` so its output is standardised.
+
+        Under ``torch.distributed`` the statistics are those of the global
+        batch (averaged over processes, which hold equal shares), so every
+        process starts from the same parameters.
+        """
         dims = [d for d in range(x.dim()) if d != 1]
-        mean = x.mean(dim=dims)
-        std = x.std(dim=dims, unbiased=False) if x.numel() > x.shape[1] else torch.ones_like(mean)
+        distributed = dist.is_available() and dist.is_initialized()
+
+        def global_mean(v: Tensor) -> Tensor:
+            v = v.mean(dim=dims)
+            if distributed:
+                dist.all_reduce(v)
+                v = v / dist.get_world_size()
+            return v
+
+        mean = global_mean(x)
+        if x.numel() > x.shape[1] or distributed:
+            std = global_mean((x - mean.view(1, -1, *([1] * (x.dim() - 2)))) ** 2).sqrt()
+        else:  # a single vector: no spread to measure
+            std = torch.ones_like(mean)
         self.bias.copy_(-mean)
         self.log_scale.copy_(-torch.log(std + self.eps))
         self.initialized.fill_(True)
