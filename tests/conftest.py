@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -31,3 +33,38 @@ def jacobian_logdet(fn, x: torch.Tensor) -> torch.Tensor:
         jac = torch.autograd.functional.jacobian(lambda v: fn(v.unsqueeze(0)).flatten(), xi)
         out.append(torch.linalg.slogdet(jac.reshape(xi.numel(), xi.numel()))[1])
     return torch.stack(out)
+
+
+class TrainedRun:
+    """A graph trained by a fixture: its YAML, the ``--set`` overrides pointing at its run, the run folder."""
+
+    def __init__(self, graph: str, overrides: list[str], run_dir: Path):
+        self.graph, self.overrides, self.run_dir = graph, overrides, run_dir
+
+    def spec(self, *more: str):
+        from tzkgraph.spec import load_spec
+
+        return load_spec(self.graph, self.overrides + list(more))
+
+    def args(self, *more: str) -> list[str]:
+        """``GRAPH --set K=V ...`` for the command line."""
+        return [self.graph] + [a for o in self.overrides + list(more) for a in ("--set", o)]
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(tmp_path_factory) -> TrainedRun:
+    """``graphs/tiny.yaml`` trained once for the session (300 MNIST images per split, 40 + 30 steps)."""
+    from tzkgraph.train import run
+
+    root = tmp_path_factory.mktemp("trained_tiny")
+    trained = TrainedRun("graphs/tiny.yaml",
+                         ["data.limit=300", "train.phases.0.steps=40", "train.phases.1.steps=30",
+                          "train.checkpoint_every=0", f"train.out_dir={root / 'runs'}",
+                          f"train.cache_dir={root / 'cache'}"], root / "runs" / "tiny")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small models: one thread is faster, and far faster on a busy machine
+    try:
+        run(trained.spec(), progress=False, say=lambda _: None)
+    finally:
+        torch.set_num_threads(threads)
+    return trained

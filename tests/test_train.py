@@ -31,8 +31,10 @@ def _weights(tmp_path):
 
 
 def test_tiny_trains_end_to_end_with_falling_losses(tmp_path):
-    result = run(tiny(tmp_path, *LONGER), progress=False, say=lambda _: None)
+    result = run(tiny(tmp_path, *LONGER, "train.sample_every=90"), progress=False, say=lambda _: None)
     assert result.finished and result.step == 180
+    grids = sorted(p.name for p in (tmp_path / "runs" / "tiny" / "samples").glob("*.png"))
+    assert "step-90-images-mnist.png" in grids and "step-180-digits-3.png" in grids
     assert result.caches_built == ["images/t_flow"]
     history = result.history
     # the t-flow alone: its NLL over 1024 dims falls by hundreds of nats

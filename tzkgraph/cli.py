@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     _graph_arguments(p)
     p.add_argument("--resume", action="store_true", help="continue the run in the run directory")
     p.add_argument("--fresh", action="store_true", help="start over, replacing what the run directory holds")
+    p.add_argument("--stop-after", type=int, metavar="STEP",
+                   help="stop with a checkpoint at this global step (continue later with --resume)")
     p.set_defaults(func=_run)
 
     p = commands.add_parser("data", help="fetch datasets ahead of time",
@@ -34,7 +36,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("datasets", nargs="*", help="short names (default: all known)")
     p.add_argument("--root", help="data root (default: $TZKGRAPH_DATA or ~/.cache/tzkgraph/data)")
     p.set_defaults(func=_data)
+    _use_commands(commands)
     return parser
+
+
+def _use_commands(commands: argparse._SubParsersAction) -> None:
+    """The subcommands that use a trained graph: eval, sample, graph, interpolate."""
+    p = commands.add_parser("eval", help="bits/dim, conditional bits/dim, accuracy, knowledge gap",
+                            description="Evaluate a trained graph: every stage's bits/dim of p(t), and per "
+                                        "knowledge type the conditional bits/dim, discriminator accuracies "
+                                        "and knowledge gap. Prints a table and writes eval-SPLIT.json "
+                                        "in the run directory.")
+    _graph_arguments(p)
+    p.add_argument("--split", choices=("train", "test"), default="test", help="data split (default: test)")
+    p.add_argument("-n", "--examples", type=int, metavar="N",
+                   help="a random subset of N examples (default: all)")
+    p.add_argument("--batch-size", type=int, default=256, help="examples per batch (default: 256)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the subset and the code samples (default: 0)")
+    p.set_defaults(func=_eval)
+
+    p = commands.add_parser("sample", help="sample images down a path of knowledge",
+                            description="Sample c ~ p(c) of a knowledge type, decode it, and walk down the "
+                                        "graph to images (a child stage continues down its first parent). "
+                                        "Without --path: every image stage's prior.")
+    _graph_arguments(p)
+    p.add_argument("--path", help="STAGE/KNOWLEDGE (e.g. digits/7) or STAGE (its prior)")
+    p.add_argument("-n", type=int, default=64, help="number of samples (default: 64)")
+    p.add_argument("--temperature", type=float, default=0.7, help="scales every Gaussian base (default: 0.7)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("-o", "--output", required=True, help="the grid picture (.png, .jpg)")
+    p.set_defaults(func=_sample)
+
+    p = commands.add_parser("graph", help="draw the knowledge graph (.svg, .png, .dot)",
+                            description="Draw the graph's stages, knowledge types, code edges and phases; "
+                                        "with an eval report in the run directory, also its figures.")
+    _graph_arguments(p)
+    p.add_argument("-o", "--output", required=True, help="graph.svg, graph.png or graph.dot")
+    p.set_defaults(func=_graph)
+
+    p = commands.add_parser("interpolate", help="interpolate between data examples in z",
+                            description="Map examples to the t-flow's latent z, interpolate linearly between "
+                                        "consecutive ones, and map back: one grid row per pair.")
+    _graph_arguments(p)
+    p.add_argument("--stage", help="an image stage (default: the only one)")
+    p.add_argument("--split", choices=("train", "test"), default="test", help="data split (default: test)")
+    p.add_argument("--index", type=int, nargs="+", default=[0, 1, 2, 3], metavar="I",
+                   help="examples of the split, sources in data.sources order (default: 0 1 2 3)")
+    p.add_argument("--steps", type=int, default=8, help="pictures per row, ends included (default: 8)")
+    p.add_argument("-o", "--output", required=True, help="the grid picture (.png, .jpg)")
+    p.set_defaults(func=_interpolate)
 
 
 def _graph_arguments(p: argparse.ArgumentParser) -> None:
@@ -51,7 +101,13 @@ def _run(args: argparse.Namespace) -> int:
     if args.resume and args.fresh:
         raise TzkError("--resume and --fresh exclude each other")
     spec = load_spec(args.graph, args.overrides)
-    run(spec, resume=args.resume, fresh=args.fresh, progress=args.progress)
+    try:
+        run(spec, resume=args.resume, fresh=args.fresh, progress=args.progress, stop_after=args.stop_after)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
     return 0
 
 
@@ -64,6 +120,46 @@ def _data(args: argparse.Namespace) -> int:
         raise TzkError(f"unknown dataset {unknown[0]!r} (known: {', '.join(DATASETS)})")
     for name in args.datasets or list(DATASETS):
         print(f"{name}: {fetch(name, args.root)}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_run
+    from .spec import load_spec
+
+    if args.examples is not None and args.examples < 1:
+        raise TzkError(f"-n: need at least one example, got {args.examples}")
+    evaluate_run(load_spec(args.graph, args.overrides), split=args.split, examples=args.examples,
+                 batch_size=args.batch_size, seed=args.seed, progress=args.progress)
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from .sampling import sample_to_files
+    from .spec import load_spec
+
+    for path in sample_to_files(load_spec(args.graph, args.overrides), args.output, path=args.path, n=args.n,
+                                temperature=args.temperature, seed=args.seed):
+        print(path)
+    return 0
+
+
+def _graph(args: argparse.Namespace) -> int:
+    from .evaluate import read_report
+    from .spec import load_spec
+    from .viz import write_graph
+
+    spec = load_spec(args.graph, args.overrides)
+    print(write_graph(spec, args.output, read_report(spec)))
+    return 0
+
+
+def _interpolate(args: argparse.Namespace) -> int:
+    from .sampling import interpolate_to_file
+    from .spec import load_spec
+
+    print(interpolate_to_file(load_spec(args.graph, args.overrides), args.output, stage=args.stage,
+                              split=args.split, indices=args.index, steps=args.steps))
     return 0
 
 

@@ -94,9 +94,10 @@ class GraphExecutor:
         self.cache_dir = Path(cache_dir)
         self.batch_size = batch_size
         self.progress = progress
-        self.present = {
-            s.name: torch.stack([data.present(k.present) for k in s.knowledge], 1).float()
-            for s in self.spec.stages}  # stage -> (N, K)
+        self.present = {  # stage -> (N, K)
+            s.name: torch.stack([data.present(k.present).float() for k in s.knowledge]
+                                + [data.labels.new_zeros(len(data), dtype=torch.float32)], 1)[:, :-1]
+            for s in self.spec.stages}
         self.caches_built: list[str] = []
         self.flow_cache: dict[str, tuple[Tensor, Tensor]] = {}
         self.code_cache: dict[str, dict[str, tuple[Tensor, Tensor]]] = {}

@@ -19,6 +19,7 @@ from .distributed import setup
 from .errors import TzkError
 from .executor import GraphExecutor, plan_phase
 from .model import TzKGraph, load_matching
+from .sampling import write_sample_grids
 from .spec_types import GraphSpec, canonical_json
 
 __all__ = ["RunResult", "run", "pick_device", "graph_identity"]
@@ -266,6 +267,9 @@ def run(spec: GraphSpec, *, resume: bool = False, fresh: bool = False, progress:
                     checkpoint(None, None, finished=phase_index == len(train.phases))
                 elif stopping or (train.checkpoint_every and step % train.checkpoint_every == 0):
                     checkpoint(optimizer, scheduler, finished=False)
+                if job.is_main and train.sample_every and (step % train.sample_every == 0 or
+                                                           (last and phase_index == len(train.phases))):
+                    write_sample_grids(model, spec, run_dir, step)  # pictures of progress; RNG untouched
                 if stopping:
                     bar.close()
                     say(f"stopped at step {step}; continue with --resume")

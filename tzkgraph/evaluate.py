@@ -1,0 +1,323 @@
+"""``tzkgraph eval``: bits/dim, discriminator accuracy and knowledge gap of every stage of a trained graph."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .checkpoint import load_checkpoint
+from .dataset import GraphData, load_graph_data
+from .density import bits_per_dim, gaussian_log_prob
+from .errors import TzkError
+from .model import TzKGraph
+from .spec_types import GraphSpec, StageSpec
+
+__all__ = ["run_directory", "load_trained", "seeded", "measured_on", "evaluate", "evaluate_run",
+           "format_report", "write_atomically", "write_report", "read_report"]
+
+
+def run_directory(spec: GraphSpec) -> Path:
+    """Where ``tzkgraph run`` keeps the graph's checkpoint, metrics and results: ``out_dir/name``."""
+    return Path(spec.train.out_dir) / spec.name
+
+
+def load_trained(spec: GraphSpec, device: torch.device | str = "cpu") -> tuple[TzKGraph, dict[str, Any]]:
+    """The graph's trained model (in eval mode, on ``device``) and its checkpoint.
+
+    Raises:
+        TzkError: there is no checkpoint yet, it cannot be read, or it holds
+            another graph (a part of ``spec`` it has no weights for).
+    """
+    path = run_directory(spec) / "checkpoint.pt"
+    if not path.is_file():
+        raise TzkError(f"{path}: no checkpoint; train the graph first with `tzkgraph run {spec.source}`")
+    state = load_checkpoint(path)
+    model = TzKGraph(spec)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state["model"]]
+    wrong = [k for k in own if k in state["model"] and state["model"][k].shape != own[k].shape]
+    if missing or wrong:
+        part = model.part_of((missing or wrong)[0])
+        what = "has no weights for" if missing else "has other shapes for"
+        raise TzkError(f"{path} {what} {part} of {spec.source}: "
+                       f"train it with `tzkgraph run {spec.source}` first")
+    model.load_state_dict({k: state["model"][k] for k in own})
+    return model.to(device).eval(), state
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device | str = "cpu") -> Iterator[None]:
+    """A context in which torch's random numbers (CPU, and ``device`` if CUDA) start from ``seed``.
+
+    The global random state is restored on exit, so a training run that
+    evaluates or samples along the way draws the same numbers as one that does not.
+    """
+    device = torch.device(device)
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        yield
+
+
+def measured_on(spec: GraphSpec, stage: str) -> str:
+    """What a stage's bits/dim are measured on, e.g. ``"32×32×1, 8-bit, uniform dequantisation"``."""
+    if spec.stage(stage).is_root:
+        image = spec.data.image
+        return f"{image.size}×{image.size}×{image.channels}, {image.bits}-bit, uniform dequantisation"
+    observed = " + ".join(spec.stage(stage).observe)
+    return f"{spec.t_shape(stage)[0]}-dim codes of {observed}, continuous (no dequantisation)"
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return num / den if den > 0 else None
+
+
+def _present(data: GraphData, stage: StageSpec) -> Tensor:
+    """``e`` of every example for each of the stage's knowledge types, ``(N, K)`` bool."""
+    columns = [data.present(k.present) for k in stage.knowledge]
+    return torch.stack(columns, 1) if columns else data.labels.new_zeros(len(data), 0, dtype=torch.bool)
+
+
+class _Pass:
+    """One pass over the data, walking the DAG in topological order; keeps running sums."""
+
+    def __init__(self, model: TzKGraph, data: GraphData):
+        self.model, self.spec, self.data = model, model.spec, data
+        self.present = {s.name: _present(data, s) for s in self.spec.stages}  # stage -> (N, K) bool
+        self.sums: dict[str, defaultdict[str, float]] = {s: defaultdict(float) for s in self.spec.order}
+
+    @torch.no_grad()
+    def batch(self, index: Tensor) -> None:
+        masks: dict[str, Tensor] = {}   # stage -> (B,) bool: the batch rows that reach it
+        codes: dict[str, dict[str, Tensor]] = {}   # stage -> knowledge -> (B, C), c ~ p(c | e=1, t)
+        for name in self.spec.order:
+            spec = self.spec.stage(name)
+            if spec.is_root:
+                mask = torch.ones_like(index, dtype=torch.bool)
+                t = self.data.observations(index, fixed=True)
+            else:
+                mask = torch.ones_like(index, dtype=torch.bool)
+                for parent, k in spec.parents:
+                    col = self.spec.stage(parent).knowledge_names.index(k)
+                    mask = mask & masks[parent] & self.present[parent][index, col]
+                t = torch.cat([codes[parent][k][mask] for parent, k in spec.parents], dim=1)
+            masks[name] = mask
+            codes[name] = self._stage(name, t, self.present[name][index][mask], mask)
+
+    def _stage(self, name: str, t: Tensor, e: Tensor, mask: Tensor) -> dict[str, Tensor]:
+        """Adds one stage's figures on the rows ``t`` (``e``: their (n, K) present bools)."""
+        stage, sums, n = self.model.stages[name], self.sums[name], t.shape[0]
+        codes = {k: mask.new_zeros(mask.shape[0], stage.knowledge[k].code_dim, dtype=torch.float32)
+                 for k in stage.names}
+        if n == 0:
+            return codes
+        z, logdet = stage.t_flow(t)  # (n, D), (n,)
+        sums["examples"] += n
+        sums["log_p_t"] += float((gaussian_log_prob(z) + logdet).sum())
+        if not stage.names:  # a plain flow: only p(t)
+            return codes
+        probs = stage.discriminate(t)  # (n, K) p(e_i = 1 | t)
+        said = probs > 0.5
+        metrics = stage.loss(t, e.float(), z=z, logdet=logdet, mode="encoder").metrics
+        for i, k in enumerate(stage.names):
+            kn, present = stage.knowledge[k], e[:, i]
+            c = stage.encode(k, t)  # c ~ p(c | e=1, t) (Appendix C)
+            codes[k][mask] = c.float()
+            mean, log_std = kn.decoder[1](c)
+            log_p = gaussian_log_prob(z, mean, log_std) + logdet  # log p(t | e=1, c)
+            sums[f"{k}/present"] += float(present.sum())
+            sums[f"{k}/log_p"] += float(log_p[present].sum())
+            sums[f"{k}/encoder_correct"] += float((said[:, i] == present).sum())
+            sums[f"{k}/true_positive"] += float((said[:, i] & present).sum())
+            sums[f"{k}/true_negative"] += float((~said[:, i] & ~present).sum())
+            sums[f"{k}/decoder_correct"] += float(metrics[f"{k}/decoder_accuracy"]) * n
+            sums[f"{k}/knowledge_gap"] += float(metrics[f"{k}/knowledge_gap"]) * n
+        exclusive = self.spec.exclusive_groups(name)
+        for group, members in self.spec.stage(name).groups.items():
+            cols = [stage.names.index(k) for k in members]
+            if group in exclusive:
+                one = e[:, cols].sum(1) == 1
+                right = probs[:, cols].argmax(1) == e[:, cols].float().argmax(1)
+                sums[f"group {group}/examples"] += float(one.sum())
+                sums[f"group {group}/correct"] += float((right & one).sum())
+            else:
+                sums[f"group {group}/examples"] += n
+                sums[f"group {group}/correct"] += float((said[:, cols] == e[:, cols]).all(1).sum())
+        return codes
+
+    def report(self) -> dict[str, Any]:
+        out = {}
+        for name in self.spec.order:
+            spec, sums = self.spec.stage(name), self.sums[name]
+            dims = math.prod(self.spec.t_shape(name))
+            bits = self.spec.data.image.bits if spec.is_root else None
+            n = sums["examples"]
+            nll = _ratio(-sums["log_p_t"], n)
+            stage = {"measured_on": measured_on(self.spec, name), "t_shape": list(self.spec.t_shape(name)),
+                     "dims": dims, "examples": int(n), "nll": nll,
+                     "bits_per_dim": None if nll is None else float(bits_per_dim(nll, dims, bits)),
+                     "knowledge": {}, "groups": {}}
+            for k in spec.knowledge_names:
+                present = sums[f"{k}/present"]
+                cond = _ratio(-sums[f"{k}/log_p"], present)
+                tpr = _ratio(sums[f"{k}/true_positive"], present)
+                tnr = _ratio(sums[f"{k}/true_negative"], n - present)
+                stage["knowledge"][k] = {
+                    "present": int(present), "nll": cond,
+                    "bits_per_dim": None if cond is None else float(bits_per_dim(cond, dims, bits)),
+                    "encoder_accuracy": _ratio(sums[f"{k}/encoder_correct"], n),
+                    "encoder_balanced_accuracy": None if tpr is None or tnr is None else (tpr + tnr) / 2,
+                    "decoder_accuracy": _ratio(sums[f"{k}/decoder_correct"], n),
+                    "knowledge_gap": _ratio(sums[f"{k}/knowledge_gap"], n),
+                }
+            exclusive = self.spec.exclusive_groups(name)
+            for group, members in spec.groups.items():
+                m = sums[f"group {group}/examples"]
+                key = "argmax_accuracy" if group in exclusive else "exact_match_accuracy"
+                stage["groups"][group] = {"members": members, "exclusive": group in exclusive,
+                                          "examples": int(m), key: _ratio(sums[f"group {group}/correct"], m)}
+            out[name] = stage
+        return out
+
+
+def evaluate(model: TzKGraph, data: GraphData, *, examples: int | None = None, batch_size: int = 256,
+             seed: int = 0, progress: bool = True) -> dict[str, Any]:
+    """Every stage's figures on ``data`` (the paper's Appendix C), as plain JSON-ready data.
+
+    Per stage: bits/dim of the prior ``p(t)``; per knowledge type, bits/dim of
+    ``p(t | e=1, c)`` with ``c ~ p(c | e=1, t)`` over the examples where it is
+    present, encoder (``p(e|t)``) and decoder (``p(e|c)``, ``c ~ p(c|e,t)``)
+    discriminator accuracy and the knowledge gap ``log p_dec(t,k) − log p_enc(t,k)``;
+    per group, argmax accuracy (exclusive groups, over examples with exactly one
+    member present) or exact-match accuracy of all members. A child stage is
+    evaluated on ``c ~ p(c | e=1, t)`` of its parents, for the examples present
+    in every parent knowledge it observes.
+
+    Arguments:
+        model: the trained graph (put in eval mode here).
+        data: the split to evaluate, on the model's device.
+        examples: evaluate a random subset of this many examples (``None``: all).
+        batch_size: examples per batch.
+        seed: seeds the subset and the code samples.
+        progress: show a tqdm bar.
+    """
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    index = torch.arange(len(data))
+    if examples is not None and examples < len(data):
+        index = torch.randperm(len(data), generator=generator)[:examples].sort().values
+    index = index.to(data.images.device)
+    state = _Pass(model, data)
+    with seeded(seed, data.images.device):
+        for start in tqdm(range(0, len(index), batch_size), desc=f"eval {model.spec.name}", unit="batch",
+                          disable=not progress, dynamic_ncols=True):
+            state.batch(index[start:start + batch_size])
+    return {"graph": model.spec.name, "examples": len(index), "seed": seed, "stages": state.report()}
+
+
+def _fmt(value: float | None, spec: str = ".3f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report as a readable table (what ``tzkgraph eval`` prints)."""
+    head = f"{report['graph']}: split {report.get('split', '?')}, {report['examples']} examples"
+    if "step" in report:
+        head += f", checkpoint step {report['step']}"
+        head += "" if report.get("finished", True) else " (unfinished)"
+    lines = [head]
+    for name, stage in report["stages"].items():
+        lines += ["", f"{name}  [{stage['measured_on']}; {stage['examples']} examples]",
+                  f"  prior p(t): {_fmt(stage['bits_per_dim'])} bits/dim"]
+        if stage["knowledge"]:
+            lines.append(f"  {'knowledge':<12}{'present':>8}{'bits/dim':>10}{'enc acc':>9}{'bal acc':>9}"
+                         f"{'dec acc':>9}{'gap (nats)':>12}")
+        for k, v in stage["knowledge"].items():
+            lines.append(f"  {k:<12}{v['present']:>8}{_fmt(v['bits_per_dim']):>10}"
+                         f"{_fmt(v['encoder_accuracy']):>9}{_fmt(v['encoder_balanced_accuracy']):>9}"
+                         f"{_fmt(v['decoder_accuracy']):>9}{_fmt(v['knowledge_gap'], '.2f'):>12}")
+        for group, v in stage["groups"].items():
+            what = "argmax accuracy" if v["exclusive"] else "exact match of all members"
+            accuracy = v.get("argmax_accuracy", v.get("exact_match_accuracy"))
+            lines.append(f"  group {group}: {what} {_fmt(accuracy)} over {v['examples']} examples")
+    return "\n".join(lines)
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Calls ``write(tmp)`` on a temporary file beside ``path``, then renames it over ``path``.
+
+    A failed write leaves nothing behind. The file gets the usual
+    permissions (``0o666`` less the umask), not ``mkstemp``'s private ones.
+
+    Raises:
+        TzkError: the folder or file cannot be written (one line).
+    """
+    path = Path(path)
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+        os.close(fd)
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise TzkError(f"{path}: cannot write ({type(error).__name__}: {reason})") from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def write_report(report: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Writes the report as JSON, atomically."""
+    return write_atomically(path, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=1) + "\n"))
+
+
+def read_report(spec: GraphSpec, split: str | None = None) -> dict[str, Any] | None:
+    """The last ``eval`` report of the graph's run (``split``, else test, else train), or ``None``."""
+    for name in [split] if split else ["test", "train"]:
+        path = run_directory(spec) / f"eval-{name}.json"
+        if path.is_file():
+            try:
+                return json.loads(path.read_text())
+            except (OSError, ValueError):
+                return None
+    return None
+
+
+def evaluate_run(spec: GraphSpec, *, split: str = "test", examples: int | None = None,
+                 batch_size: int = 256, seed: int = 0, progress: bool = True,
+                 say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Loads the run's checkpoint, evaluates ``split``, prints the table and writes ``eval-<split>.json``.
+
+    Returns:
+        The report (also in ``out_dir/name/eval-<split>.json``).
+    """
+    from .train import pick_device
+
+    device = pick_device(spec.train.device)
+    model, state = load_trained(spec, device)
+    data = load_graph_data(spec.data, split, device=device)
+    report = {"graph": spec.name, "split": split, "step": int(state["step"]),
+              "finished": bool(state["finished"]), "checkpoint": str(run_directory(spec) / "checkpoint.pt")}
+    report.update(evaluate(model, data, examples=examples, batch_size=batch_size, seed=seed,
+                           progress=progress))
+    path = write_report(report, run_directory(spec) / f"eval-{split}.json")
+    say(format_report(report))
+    say(f"written to {path}")
+    return report
+
