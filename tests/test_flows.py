@@ -130,3 +130,18 @@ def test_conditional_coupling_depends_on_cond():
 def test_glow_rejects_indivisible_size():
     with pytest.raises(ValueError, match="divisible"):
         Glow((1, 28, 28), levels=3, steps=1, hidden=8)
+
+
+def test_channels_last_coupling_net_matches_plain_convolutions():
+    from torch import nn
+
+    from tzkgraph.flows import coupling_net
+
+    net = randomize(coupling_net(3, 6, hidden=16, image=True)).double()
+    plain = nn.Sequential(*net)  # the same layers, run in the default layout
+    x = torch.randn(4, 3, 8, 8, dtype=torch.float64, requires_grad=True)
+    y = net(x)
+    assert y.is_contiguous() and torch.allclose(y, plain(x), atol=1e-12)
+    (g_fast,) = torch.autograd.grad(y.square().sum(), x)
+    (g_plain,) = torch.autograd.grad(plain(x).square().sum(), x)
+    assert torch.allclose(g_fast, g_plain, atol=1e-10)

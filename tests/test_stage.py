@@ -191,3 +191,25 @@ def test_zero_weight_examples_do_not_touch_the_loss():
     stage.loss(t, e, weight=weight, emit_codes=()).loss.backward()
     assert t.grad[weight == 0].abs().max() == 0
     assert t.grad[weight == 1].abs().max() > 0
+
+
+def test_mixed_precision_keeps_flows_and_densities_in_float32():
+    """Under bf16 autocast (CPU here; the same code runs on CUDA) the networks may run in
+    bf16, but z, log-determinants and log-densities stay float32 and close to full precision."""
+    torch.manual_seed(0)
+    stage = TzKStage((1, 8, 8), {"a": 3}, levels=2, steps=2, hidden=8, net_hidden=8,
+                     code_steps=2, code_hidden=8, permutation="lu")
+    t, e = _batch()
+    stage.loss(t, e[:, :1])
+    randomize(stage)
+    stage.eval()
+    torch.manual_seed(1)
+    full = stage.loss(t, e[:, :1], mode="encoder")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z, logdet = stage.t_flow(t)
+        back = stage.t_flow.inverse(z)  # the same (bf16-net) map in both directions
+        torch.manual_seed(1)
+        mixed = stage.loss(t, e[:, :1], mode="encoder")
+    assert z.dtype == logdet.dtype == mixed.loss.dtype == torch.float32
+    assert (back - t).abs().max() < 1e-4
+    assert torch.allclose(mixed.loss, full.loss, rtol=2e-2)

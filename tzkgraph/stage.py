@@ -267,7 +267,7 @@ class TzKStage(nn.Module):
                          observed: Tensor, mode: str, metrics: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """``log p(k_i | t)`` and ``log p(t | k_i) p(k_i)`` per example, ``(B,)`` each."""
         kn = self.knowledge[name]
-        logit_t = kn.encoder_discriminator(t).squeeze(1)  # (B,)
+        logit_t = kn.encoder_discriminator(t).squeeze(1).float()  # (B,); float32 under autocast
         posterior = [head(t) for head in kn.encoder_posterior]  # [(μ, log σ)] for e = 0, 1
         e_draw = torch.where(observed, e, torch.bernoulli(torch.sigmoid(logit_t.detach())))
         post_mean = _where_e(e_draw, posterior[1][0], posterior[0][0])
@@ -282,7 +282,7 @@ class TzKStage(nn.Module):
 
         u, code_logdet = kn.code_flow(c)
         log_p_c = gaussian_log_prob(u) + code_logdet
-        logit_c = kn.decoder_discriminator(c).squeeze(1)
+        logit_c = kn.decoder_discriminator(c).squeeze(1).float()
         enc_e, dec_e = [], []
         for value, sign in ((0, -1.0), (1, 1.0)):
             log_p_c_given_t = gaussian_log_prob(u, *posterior[value]) + code_logdet

@@ -2,13 +2,13 @@
 
 from .actnorm import ActNorm
 from .base import Flow, FlowSequence, sum_except_batch
-from .coupling import AffineCoupling
+from .coupling import AffineCoupling, ConvNet, coupling_net
 from .elementwise import Squeeze, SymLog
 from .glow import PERMUTATIONS, Glow, VectorFlow, flow_step
 from .permute import InvConvLU, Shuffle
 
 __all__ = [
-    "ActNorm", "AffineCoupling", "Flow", "FlowSequence", "Glow", "InvConvLU",
+    "ActNorm", "AffineCoupling", "ConvNet", "Flow", "FlowSequence", "Glow", "InvConvLU",
     "PERMUTATIONS", "Shuffle", "Squeeze", "SymLog", "VectorFlow", "flow_step",
-    "sum_except_batch",
+    "coupling_net", "sum_except_batch",
 ]

@@ -12,10 +12,16 @@ __all__ = ["Shuffle", "InvConvLU"]
 
 
 def _mix(x: Tensor, weight: Tensor) -> Tensor:
-    """Applies a (C, C) channel-mixing matrix to ``(B, C)`` or ``(B, C, H, W)``."""
-    if x.dim() == 2:
-        return x @ weight.T
-    return F.conv2d(x, weight.view(*weight.shape, 1, 1))
+    """Applies a (C, C) channel-mixing matrix to ``(B, C)`` or ``(B, C, H, W)``.
+
+    Always at the flow's own precision, also inside an autocast region: an
+    invertible map computed in bf16 would no longer be inverted exactly.
+    """
+    with torch.autocast(x.device.type, enabled=False):
+        weight = weight.to(x.dtype)
+        if x.dim() == 2:
+            return x @ weight.T
+        return F.conv2d(x, weight.view(*weight.shape, 1, 1))
 
 
 class Shuffle(Flow):
