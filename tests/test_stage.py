@@ -18,6 +18,16 @@ def _image_stage() -> TzKStage:
                     net_hidden=8, code_steps=2, code_hidden=8)
 
 
+def _randomized_image_stage():
+    """An image stage past its data-dependent init, parameters moved off their init; a batch."""
+    torch.manual_seed(0)
+    stage = _image_stage()
+    t, e = _batch()
+    stage.loss(t, e)  # data-dependent init of every ActNorm
+    randomize(stage)  # move zero-initialised last layers away from zero
+    return stage, t, e
+
+
 def _batch(n: int = 8):
     g = torch.Generator().manual_seed(1)
     t = torch.rand(n, 1, 8, 8, generator=g) - 0.5
@@ -28,11 +38,7 @@ def _batch(n: int = 8):
 @pytest.mark.parametrize("mode", ["encoder", "decoder"])
 @pytest.mark.parametrize("unobserved", [False, True])
 def test_every_parameter_gets_a_gradient(mode, unobserved):
-    torch.manual_seed(0)
-    stage = _image_stage()
-    t, e = _batch()
-    stage.loss(t, e)  # data-dependent init of every ActNorm
-    randomize(stage)  # move zero-initialised last layers away from zero
+    stage, t, e = _randomized_image_stage()
     observed = torch.ones_like(e, dtype=torch.bool)
     if unobserved:
         observed[::2, 0] = False
@@ -46,11 +52,7 @@ def test_every_parameter_gets_a_gradient(mode, unobserved):
 
 def test_loss_is_the_papers_bound():
     """With K knowledge types, −½(log p_enc + log p_dec) for fixed codes, term by term."""
-    torch.manual_seed(0)
-    stage = _image_stage()
-    t, e = _batch()
-    stage.loss(t, e)
-    randomize(stage)
+    stage, t, e = _randomized_image_stage()
     stage.eval()
     torch.manual_seed(3)
     out = stage.loss(t, e, mode="decoder")
@@ -181,11 +183,7 @@ def test_stage_learns_a_mixture_of_clusters():
 
 
 def test_zero_weight_examples_do_not_touch_the_loss():
-    torch.manual_seed(0)
-    stage = _image_stage()
-    t, e = _batch()
-    stage.loss(t, e)
-    randomize(stage)
+    stage, t, e = _randomized_image_stage()
     t = t.clone().requires_grad_(True)
     weight = torch.tensor([1.0, 0.0] * 4)
     stage.loss(t, e, weight=weight, emit_codes=()).loss.backward()

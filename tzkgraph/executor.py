@@ -172,7 +172,7 @@ class GraphExecutor:
         with torch.no_grad():
             return self.model.stages[name].t_flow(t)
 
-    def _frozen_posterior(self, name: str, k: str, t: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+    def _frozen_posterior(self, name: str, k: str, t: Tensor | None, index: Tensor) -> tuple[Tensor, Tensor]:
         if self.use_cache:
             mean, log_std = self.code_cache[name][k]
             return mean[index], log_std[index]
@@ -190,12 +190,15 @@ class GraphExecutor:
         for name in self.plan.compute:
             spec, stage = self.spec.stage(name), self.model.stages[name]
             e = self.present[name][index]
+            weight = torch.ones_like(index, dtype=torch.float32)
             if spec.is_root:
-                fixed = name in self.plan.cached_flow or name in self.plan.cached_codes
-                t = self.data.observations(index, fixed=fixed, step=step)
-                weight = torch.ones(index.shape[0], device=t.device)
+                cached_codes = name in self.plan.cached_codes
+                if cached_codes and self.use_cache:
+                    t = None  # the codes come from the cache: no images needed
+                else:
+                    fixed = cached_codes or name in self.plan.cached_flow
+                    t = self.data.observations(index, fixed=fixed, step=step)
             else:
-                weight = torch.ones_like(index, dtype=torch.float32)
                 parts = []
                 for parent, k in spec.parents:
                     col = self.spec.stage(parent).knowledge_names.index(k)
