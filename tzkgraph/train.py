@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -66,6 +67,36 @@ class _Objective(torch.nn.Module):
 
     def forward(self, index: torch.Tensor, step: int):
         return self.executor.loss(index, step)
+
+
+class _Throughput:
+    """Training speed between log lines, read where the host waits for the device anyway."""
+
+    def __init__(self, batch_size: int):
+        self.batch_size = batch_size
+        self._restart()
+
+    def _restart(self) -> None:
+        self.steps, self.excluded_s, self.start = 0, 0.0, time.perf_counter()
+
+    def step(self) -> None:
+        self.steps += 1
+
+    @contextlib.contextmanager
+    def excluded(self):
+        """Time inside (checkpoints, pictures) does not count as training."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.excluded_s += time.perf_counter() - start
+
+    def read(self) -> dict[str, float]:
+        """``ms_per_step`` and global ``images_per_s`` since the last read."""
+        seconds = max(time.perf_counter() - self.start - self.excluded_s, 1e-9)
+        steps = max(self.steps, 1)
+        self._restart()
+        return {"ms_per_step": 1e3 * seconds / steps, "images_per_s": self.batch_size * steps / seconds}
 
 
 class _Log:
@@ -235,9 +266,12 @@ def run(spec: GraphSpec, *, resume: bool = False, fresh: bool = False, progress:
             if job.enabled:
                 objective = DistributedDataParallel(
                     objective, device_ids=[device.index] if device.type == "cuda" else None)
-            loss_fn = torch.compile(objective) if train.compile else objective
+            # the first step runs eagerly: ActNorm's data-dependent initialisation is host logic
+            compiled = torch.compile(objective) if train.compile else objective
+            loss_fn = objective
             bar = tqdm(total=phase.steps, initial=phase_step, desc=f"{spec.name}/{phase.name}",
                        unit="step", disable=not progress, dynamic_ncols=True)
+            clock = _Throughput(train.batch_size)
             while phase_step < phase.steps:
                 # the global batch, drawn alike on every process; each takes its share
                 index = torch.randint(len(data), (train.batch_size,), device=device, generator=generator)
@@ -249,6 +283,8 @@ def run(spec: GraphSpec, *, resume: bool = False, fresh: bool = False, progress:
                 optimizer.step()
                 scheduler.step()
                 step, phase_step = step + 1, phase_step + 1
+                loss_fn = compiled
+                clock.step()
                 bar.update(1)
                 last = phase_step == phase.steps
                 if step % train.log_every == 0 or last:
@@ -256,6 +292,7 @@ def run(spec: GraphSpec, *, resume: bool = False, fresh: bool = False, progress:
                     names = sorted(metrics)
                     values = job.mean(torch.stack([metrics[k].float() for k in names])).tolist()
                     line.update(zip(names, values))
+                    line.update(clock.read())  # after .tolist(): the device has caught up
                     if not all(math.isfinite(v) for v in line.values() if isinstance(v, float)):
                         raise TzkError(f"step {step} (phase {phase.name}): the loss became NaN/Inf; "
                                        f"stopped, the last good checkpoint {ckpt_path} is kept "
@@ -265,12 +302,14 @@ def run(spec: GraphSpec, *, resume: bool = False, fresh: bool = False, progress:
                 stopping = stop_after is not None and step >= stop_after
                 if last:  # the next phase starts with a new optimizer
                     phase_index, phase_step = phase_index + 1, 0
-                    checkpoint(None, None, finished=phase_index == len(train.phases))
-                elif stopping or (train.checkpoint_every and step % train.checkpoint_every == 0):
-                    checkpoint(optimizer, scheduler, finished=False)
-                if job.is_main and train.sample_every and (step % train.sample_every == 0 or
-                                                           (last and phase_index == len(train.phases))):
-                    write_sample_grids(model, spec, run_dir, step)  # pictures of progress; RNG untouched
+                with clock.excluded():
+                    if last:
+                        checkpoint(None, None, finished=phase_index == len(train.phases))
+                    elif stopping or (train.checkpoint_every and step % train.checkpoint_every == 0):
+                        checkpoint(optimizer, scheduler, finished=False)
+                    if job.is_main and train.sample_every and (
+                            step % train.sample_every == 0 or (last and phase_index == len(train.phases))):
+                        write_sample_grids(model, spec, run_dir, step)  # pictures of progress; RNG untouched
                 if stopping:
                     bar.close()
                     say(f"stopped at step {step}; continue with --resume")
