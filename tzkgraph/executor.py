@@ -181,8 +181,24 @@ class GraphExecutor:
 
     # --- the objective --------------------------------------------------------------------
 
-    def loss(self, index: Tensor, step: int = 0) -> tuple[Tensor, dict[str, Tensor]]:
-        """The sum of the phase's stage losses on examples ``index`` at training ``step``, and metrics."""
+    def draw_modes(self) -> dict[str, str]:
+        """Per loss stage, where this batch's codes come from: ``"encoder"`` or ``"decoder"``, ½ each.
+
+        Drawn on the host (torch's CPU generator) before the step, so that the
+        step itself has no data-dependent Python branch (``torch.compile`` traces
+        it whole, once per combination).
+        """
+        draws = torch.rand(len(self.plan.loss_stages)).tolist()
+        return {name: "encoder" if u < 0.5 else "decoder" for name, u in zip(self.plan.loss_stages, draws)}
+
+    def loss(self, index: Tensor, step: int = 0,
+             modes: dict[str, str] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """The sum of the phase's stage losses on examples ``index`` at training ``step``, and metrics.
+
+        ``modes``: per loss stage, the code source (see :meth:`draw_modes`; drawn here if not given).
+        """
+        if modes is None:
+            modes = self.draw_modes()
         total = None
         metrics: dict[str, Tensor] = {}
         weights: dict[str, Tensor] = {}
@@ -210,7 +226,7 @@ class GraphExecutor:
                 z = logdet = None
                 if name in self.plan.cached_flow:
                     z, logdet = self._frozen_latent(name, t, index)
-                out = stage.loss(t, e, z=z, logdet=logdet, active=self.plan.active[name],
+                out = stage.loss(t, e, z=z, logdet=logdet, active=self.plan.active[name], mode=modes[name],
                                  weight=weight, emit_codes=self.plan.emit[name])
                 total = out.loss if total is None else total + out.loss
                 metrics.update({f"{name}/{k}": v for k, v in out.metrics.items()})

@@ -15,7 +15,7 @@ from tzkgraph._fields import (check_keys, read_bool, read_choice, read_float, re
 from tzkgraph.errors import ConfigError
 from tzkgraph.overrides import apply_overrides
 from tzkgraph.present import DATASET_CLASSES, PresentRule, read_present
-from tzkgraph.spec_types import (DATA, FLOW_PART, CodeFlowSpec, DataSpec, FlowSpec, GraphSpec,
+from tzkgraph.spec_types import (COMPILE_MODES, DATA, FLOW_PART, CodeFlowSpec, DataSpec, FlowSpec, GraphSpec,
                                  ImageSpec, KnowledgeSpec, NetsSpec, PhaseSpec, SourceSpec,
                                  StageSpec, TrainSpec, canonical_json, spec_hash)
 
@@ -375,7 +375,7 @@ def _read_train(value: Any, spec: GraphSpec) -> TrainSpec:
         warmup=read_int(get("warmup"), "train.warmup", 0),
         device=device,
         amp=read_bool(get("amp"), "train.amp"),
-        compile=read_bool(get("compile"), "train.compile"),
+        compile=read_choice(get("compile"), "train.compile", COMPILE_MODES, "compile setting"),
         log_every=read_int(get("log_every"), "train.log_every", 1),
         checkpoint_every=read_int(get("checkpoint_every"), "train.checkpoint_every", 0),
         sample_every=read_int(get("sample_every"), "train.sample_every", 0),

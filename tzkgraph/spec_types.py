@@ -18,6 +18,8 @@ __all__ = [
     "canonical_json", "spec_hash",
 ]
 
+COMPILE_MODES = (False, True, "default", "reduce-overhead", "max-autotune",
+                 "max-autotune-no-cudagraphs")  # train.compile: off, on, or torch.compile's mode
 DATA = "data"        # `observe: data`: a root stage observes images
 FLOW_PART = "flow"   # `STAGE/flow` names a stage's t-flow in phase parts
 
@@ -193,7 +195,7 @@ class TrainSpec:
     warmup: int = 500               # steps of linear learning-rate warm-up (per phase)
     device: str = "auto"            # auto | cpu | cuda | cuda:N | mps
     amp: bool = True                # mixed precision where numerically safe (CUDA only)
-    compile: bool = False           # torch.compile the stages
+    compile: bool | str = False     # torch.compile the step: false | true | a mode (COMPILE_MODES)
     log_every: int = 50             # steps between metric log lines (>= 1)
     checkpoint_every: int = 1000    # steps between checkpoints (0 = at the end of phases only)
     sample_every: int = 1000        # steps between sample grids (0 = never)

@@ -65,8 +65,8 @@ class _Objective(torch.nn.Module):
         self.executor = executor
         self.model = executor.model  # registers the parameters
 
-    def forward(self, index: torch.Tensor, step: int):
-        return self.executor.loss(index, step)
+    def forward(self, index: torch.Tensor, step: int, modes: dict[str, str]):
+        return self.executor.loss(index, step, modes)
 
 
 class _Throughput:
@@ -267,7 +267,9 @@ def run(spec: GraphSpec, *, resume: bool = False, fresh: bool = False, progress:
                 objective = DistributedDataParallel(
                     objective, device_ids=[device.index] if device.type == "cuda" else None)
             # the first step runs eagerly: ActNorm's data-dependent initialisation is host logic
-            compiled = torch.compile(objective) if train.compile else objective
+            compiled = objective
+            if train.compile:
+                compiled = torch.compile(objective, mode=None if train.compile is True else train.compile)
             loss_fn = objective
             bar = tqdm(total=phase.steps, initial=phase_step, desc=f"{spec.name}/{phase.name}",
                        unit="step", disable=not progress, dynamic_ncols=True)
@@ -276,8 +278,9 @@ def run(spec: GraphSpec, *, resume: bool = False, fresh: bool = False, progress:
                 # the global batch, drawn alike on every process; each takes its share
                 index = torch.randint(len(data), (train.batch_size,), device=device, generator=generator)
                 index = index.view(job.world_size, -1)[job.rank]
+                modes = executor.draw_modes()
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    loss, metrics = loss_fn(index, step)
+                    loss, metrics = loss_fn(index, step, modes)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
