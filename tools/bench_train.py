@@ -14,8 +14,9 @@ not counted, as usual for model FLOP utilisation). Frozen parts read from a cach
 FLOPs, and are counted as such.
 
 Variants: ``fp32`` (``train.amp=false``), ``bf16`` (autocast to bfloat16 on CUDA, when the
-GPU has it; on a CPU it is the same as fp32), and either with ``+compile``
-(``train.compile=true``).
+GPU has it; on a CPU it is the same as fp32), either with ``+compile``
+(``train.compile=true``), and ``bf16+cudagraphs`` (``train.compile=reduce-overhead``:
+compiled, and replayed as CUDA graphs).
 
 Usage::
 
@@ -49,7 +50,8 @@ from tzkgraph.train import pick_device, run
 VARIANTS = {"fp32": ["train.amp=false", "train.compile=false"],
             "bf16": ["train.amp=true", "train.compile=false"],
             "fp32+compile": ["train.amp=false", "train.compile=true"],
-            "bf16+compile": ["train.amp=true", "train.compile=true"]}
+            "bf16+compile": ["train.amp=true", "train.compile=true"],
+            "bf16+cudagraphs": ["train.amp=true", "train.compile=reduce-overhead"]}
 
 
 def step_flops(spec: GraphSpec, run_dir: Path, device: torch.device, amp: bool) -> list[float]:
