@@ -29,6 +29,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -89,6 +90,12 @@ def bench_variant(args, variant: str, out: Path) -> list[dict]:
     spec = load_spec(args.graph, sets)
     sets += [f"train.phases.{i}.steps={args.steps}" for i in range(len(spec.train.phases))]
     spec = load_spec(args.graph, sets)
+    if args.phase:  # a subset of the phases, in the graph's order
+        unknown = set(args.phase) - {p.name for p in spec.train.phases}
+        if unknown:
+            raise SystemExit(f"bench_train: no phase {sorted(unknown)[0]!r} in {args.graph}")
+        phases = tuple(p for p in spec.train.phases if p.name in args.phase)
+        spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, phases=phases))
     device = pick_device(spec.train.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -129,6 +136,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=300, help="steps per phase (default 300)")
     p.add_argument("--log-every", type=int, default=50, help="steps per timed interval (default 50)")
     p.add_argument("--batch-size", type=int, help="override train.batch_size")
+    p.add_argument("--phase", action="append", help="time only this phase (repeatable; default all)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--json", type=Path, help="also write the rows here")
@@ -147,7 +155,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench_train.") as tmp:
         for variant in args.variants:
             rows += bench_variant(args, variant, Path(tmp) / variant.replace("+", "_"))
-            report(rows[-len(load_spec(args.graph, args.set).train.phases):])
+            if len(args.variants) > 1:
+                report([r for r in rows if r["variant"] == variant])
     report(rows)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
