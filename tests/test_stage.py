@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tzkgraph.density import bits_per_dim, gaussian_log_prob
-from tzkgraph.stage import TzKStage
+from tzkgraph.stage import TzKStage, knowledge_terms
 
 from conftest import randomize
 
@@ -61,13 +61,14 @@ def test_loss_is_the_papers_bound():
     z, logdet = stage.t_flow(t)
     log_p_t = gaussian_log_prob(z) + logdet
     enc, dec = log_p_t.clone(), -(len(stage.names) - 1) * log_p_t
+    assert stage.groups(stage.names) == [["a"], ["b"]]  # two code dims: one group each
     for col, name in enumerate(stage.names):
         kn = stage.knowledge[name]
         ei = e[:, col].long()
         logit_t = kn.encoder_discriminator(t).squeeze(1)
         heads = [h(t) for h in kn.encoder_posterior]
-        torch.bernoulli(torch.sigmoid(logit_t))  # the stage draws (unused) e for unobserved entries
-        noise = torch.randn(t.shape[0], kn.code_dim)
+        noise = torch.randn(1, t.shape[0], kn.code_dim)[0]  # a group's draws: codes' noise,
+        torch.rand(1, t.shape[0])  # then uniforms for the (here all observed) e
         c = kn.code_flow.inverse(noise)
         for b in range(t.shape[0]):
             v = int(ei[b])
@@ -92,11 +93,13 @@ def test_unobserved_present_variable_is_marginalised():
     stage.eval()
     z, logdet = stage.t_flow(t)
 
+    noise, uniform = torch.randn(6, 2), torch.rand(6)  # decoder mode: the code c = f_c⁻¹(noise)
+
     def terms(value: float, observed: bool):
-        torch.manual_seed(5)  # decoder mode: the code c ~ p(c) is the same draw each time
         e = torch.full((6,), value)
         known = torch.full((6,), observed)
-        return stage._knowledge_terms("a", t, z, logdet, e, known, "decoder", {})
+        out = knowledge_terms(stage.knowledge["a"], t, z, logdet, e, known, uniform, noise, "decoder")
+        return out.enc, out.dec
 
     (enc0, dec0), (enc1, dec1) = terms(0.0, True), terms(1.0, True)
     enc, dec = terms(0.0, False)
