@@ -15,7 +15,7 @@ FLOPs, and are counted as such.
 
 Variants: ``fp32`` (``train.amp=false``), ``bf16`` (autocast to bfloat16 on CUDA, when the
 GPU has it; on a CPU it is the same as fp32), either with ``+compile``
-(``train.compile=true``), and ``bf16+cudagraphs`` (``train.compile=reduce-overhead``:
+(``train.compile=true``) or ``+cudagraphs`` (``train.compile=reduce-overhead``:
 compiled, and replayed as CUDA graphs).
 
 Usage::
@@ -52,6 +52,7 @@ VARIANTS = {"fp32": ["train.amp=false", "train.compile=false"],
             "bf16": ["train.amp=true", "train.compile=false"],
             "fp32+compile": ["train.amp=false", "train.compile=true"],
             "bf16+compile": ["train.amp=true", "train.compile=true"],
+            "fp32+cudagraphs": ["train.amp=false", "train.compile=reduce-overhead"],
             "bf16+cudagraphs": ["train.amp=true", "train.compile=reduce-overhead"]}
 
 
