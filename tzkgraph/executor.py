@@ -227,7 +227,7 @@ class GraphExecutor:
                 if name in self.plan.cached_flow:
                     z, logdet = self._frozen_latent(name, t, index)
                 out = stage.loss(t, e, z=z, logdet=logdet, active=self.plan.active[name], mode=modes[name],
-                                 weight=weight, emit_codes=self.plan.emit[name])
+                                 weight=None if spec.is_root else weight, emit_codes=self.plan.emit[name])
                 total = out.loss if total is None else total + out.loss
                 metrics.update({f"{name}/{k}": v for k, v in out.metrics.items()})
                 codes[name] = out.codes

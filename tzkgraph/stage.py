@@ -121,8 +121,11 @@ class StageOutput:
     codes: dict[str, Tensor] = field(default_factory=dict)
 
 
-def _weighted_mean(weight: Tensor):
-    """``x ↦ Σ w·x / Σ w`` over the batch, the last dim (0 when every weight is 0)."""
+def _weighted_mean(weight: Tensor | None):
+    """``x ↦ Σ w·x / Σ w`` over the batch, the last dim (0 when every weight is 0); the plain
+    mean when ``weight`` is ``None``."""
+    if weight is None:
+        return lambda x: x.mean(-1)
     total = weight.sum().clamp(min=1e-12)
     return lambda x: (weight * x).sum(-1) / total
 
@@ -322,8 +325,6 @@ class TzKStage(nn.Module):
             mode = "encoder" if torch.rand(()) < 0.5 else "decoder"
         if mode not in ("encoder", "decoder"):
             raise ValueError(f"mode must be 'encoder' or 'decoder', got {mode!r}")
-        if weight is None:
-            weight = torch.ones_like(log_p_t)
         mean = _weighted_mean(weight)
         metrics: dict[str, Tensor] = {"log_p_t": mean(log_p_t.detach())}
         log_p_enc = log_p_t
@@ -333,7 +334,8 @@ class TzKStage(nn.Module):
         correction = log_p_t if self.exact_gradient else log_p_t.detach()
         log_p_dec = -(len(names) - 1) * correction
         columns = {name: i for i, name in enumerate(self.names)}
-        known = (observed & (weight > 0).unsqueeze(1)).T  # (K, B): e known, example counted
+        counted = observed if weight is None else observed & (weight > 0).unsqueeze(1)
+        known = counted.T  # (K, B): e known, example counted
         e = e.T
         per_name: dict[str, dict[str, Tensor]] = {}
         posteriors: dict[str, tuple[Tensor, Tensor]] = {}
