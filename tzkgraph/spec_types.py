@@ -194,7 +194,7 @@ class TrainSpec:
     lr: float = 1e-3                # Adam learning rate
     warmup: int = 500               # steps of linear learning-rate warm-up (per phase)
     device: str = "auto"            # auto | cpu | cuda | cuda:N | mps
-    amp: bool = True                # mixed precision where numerically safe (CUDA only)
+    amp: bool = False               # bf16 autocast where numerically safe (CUDA only; pays off for wide nets)
     compile: bool | str = False     # torch.compile the step: false | true | a mode (COMPILE_MODES)
     log_every: int = 50             # steps between metric log lines (>= 1)
     checkpoint_every: int = 1000    # steps between checkpoints (0 = at the end of phases only)
