@@ -26,6 +26,8 @@ CASES = {
     "symlog": (lambda: SymLog(), (7,)),
     "glow-shuffle": (lambda: Glow((1, 8, 8), levels=2, steps=2, hidden=8), (1, 8, 8)),
     "glow-lu": (lambda: Glow((3, 4, 4), levels=2, steps=2, hidden=8, permutation="lu"), (3, 4, 4)),
+    "glow-relu": (lambda: Glow((1, 8, 8), levels=2, steps=2, hidden=8, activation="relu"), (1, 8, 8)),
+    "vector-flow-relu": (lambda: VectorFlow(6, steps=2, hidden=16, activation="relu"), (6,)),
     "glow-one-level": (lambda: Glow((2, 4, 4), levels=1, steps=3, hidden=8), (2, 4, 4)),
     "vector-flow": (lambda: VectorFlow(6, steps=3, hidden=16), (6,)),
     "vector-flow-lu-symlog": (lambda: VectorFlow(4, steps=2, hidden=16, permutation="lu", symlog=True), (4,)),

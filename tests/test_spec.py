@@ -125,6 +125,7 @@ BAD_GRAPHS = {
     "amp_not_bool": ("train.amp", "expected true or false, got 'yes please'"),
     "bad_device": ("train.device", "expected auto, cpu, cuda, cuda:N or mps, got 'gpu'"),
     "bad_permutation": ("stages.digits.flow.permutation", "unknown permutation 'lu2'; did you mean 'lu'?"),
+    "bad_activation": ("stages.images.flow.activation", "unknown activation 'gelu'; did you mean 'relu'?"),
     "unknown_top_key": ("FILE", "unknown key 'trian'; did you mean 'train'?"),
     "unknown_stage_key": ("stages.images", "unknown key 'knowlege'; did you mean 'knowledge'?"),
     "unknown_flow_key": ("stages.images.flow", "unknown key 'step'; did you mean 'steps'?"),
@@ -396,3 +397,11 @@ def test_overrides_do_not_touch_the_input():
     data = mini()
     apply_overrides(data, ["train.batch_size=2"], ["name", "data", "stages", "train"])
     assert "train" not in data
+
+
+def test_flow_activation_swish_is_the_default_and_keeps_the_graph_identity():
+    plain = load_spec("graphs/tiny.yaml")
+    swish = load_spec("graphs/tiny.yaml", ["stages.images.flow.activation=swish"])
+    relu = load_spec("graphs/tiny.yaml", ["stages.images.flow.activation=relu"])
+    assert plain.to_dict() == swish.to_dict()  # old checkpoints and caches stay valid
+    assert relu.stage("images").flow.activation == "relu" and relu.to_dict() != plain.to_dict()

@@ -23,7 +23,8 @@ def build_stage(spec: GraphSpec, name: str) -> TzKStage:
     }
     return TzKStage(spec.t_shape(name), knowledge, levels=stage.flow.levels or 1,
                     steps=stage.flow.steps, hidden=stage.flow.hidden,
-                    permutation=stage.flow.permutation, net_hidden=stage.nets.hidden)
+                    permutation=stage.flow.permutation, activation=stage.flow.activation or "swish",
+                    net_hidden=stage.nets.hidden)
 
 
 class TzKGraph(nn.Module):

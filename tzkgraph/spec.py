@@ -29,7 +29,8 @@ TOP_KEYS = ("name", "seed", "data", "stages", "train")
 DATA_KEYS = ("root", "sources", "image", "dequant_seed", "limit")
 STAGE_KEYS = ("observe", "flow", "code_flow", "nets", "knowledge")
 KNOWLEDGE_KEYS = ("code_dim", "present", "code_flow", "group")
-FLOW_KEYS = ("levels", "steps", "hidden", "permutation")
+FLOW_KEYS = ("levels", "steps", "hidden", "permutation", "activation")
+ACTIVATIONS = ("swish", "relu")    # the keys of tzkgraph.flows.coupling.ACTIVATIONS
 CODE_FLOW_KEYS = ("steps", "hidden", "permutation")
 TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainSpec))
 PHASE_KEYS = ("name", "steps", "trains", "freeze")
@@ -210,7 +211,7 @@ def _read_stage(name: Any, value: Any, data: DataSpec | None,
                     read_int(flow_raw.get("hidden", default.hidden), f"{where}.flow.hidden", 1),
                     read_choice(flow_raw.get("permutation", default.permutation),
                                 f"{where}.flow.permutation", PERMUTATIONS, "permutation"),
-                    levels)
+                    levels, _read_activation(flow_raw.get("activation"), f"{where}.flow.activation"))
     code_flow = _read_code_flow(raw.get("code_flow"), f"{where}.code_flow", CodeFlowSpec())
     nets_raw = read_mapping(raw.get("nets"), f"{where}.nets", ("hidden",))
     nets = NetsSpec(read_int(nets_raw.get("hidden", NetsSpec().hidden), f"{where}.nets.hidden", 1))
@@ -250,6 +251,15 @@ def _read_code_flow(value: Any, where: str, base: CodeFlowSpec) -> CodeFlowSpec:
                         read_int(raw.get("hidden", base.hidden), f"{where}.hidden", 1),
                         read_choice(raw.get("permutation", base.permutation),
                                     f"{where}.permutation", PERMUTATIONS, "permutation"))
+
+
+def _read_activation(value: Any, where: str) -> str | None:
+    """``None`` for swish, the default (so graphs written before the setting keep their
+    identity, and their checkpoints and caches stay valid); else the activation."""
+    if value is None:
+        return None
+    activation = read_choice(value, where, ACTIVATIONS, "activation")
+    return None if activation == "swish" else activation
 
 
 def _read_knowledge_map(value: Any, where: str, code_flow: CodeFlowSpec,

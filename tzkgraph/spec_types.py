@@ -79,6 +79,7 @@ class FlowSpec:
     hidden: int = 128              # width of the coupling networks
     permutation: str = "shuffle"   # "shuffle" (fixed, the paper's) | "lu" (invertible 1×1 conv)
     levels: int | None = None      # image stages: scales (3 when not given); None on vector stages
+    activation: str | None = None  # coupling nets: None = "swish" (the paper's) | "relu" (cheaper)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}

@@ -18,11 +18,11 @@ __all__ = ["Knowledge", "KnowledgeTerms", "StageOutput", "TzKStage", "knowledge_
 
 
 def make_t_flow(t_shape: Sequence[int], levels: int, steps: int, hidden: int,
-                permutation: str = "shuffle") -> Flow:
+                permutation: str = "shuffle", activation: str = "swish") -> Flow:
     """The t-flow: a multi-scale Glow for images ``(C, H, W)``, a vector flow for ``(D,)``."""
     if len(t_shape) == 3:
-        return Glow(t_shape, levels, steps, hidden, permutation)
-    return VectorFlow(t_shape[0], steps, hidden, permutation)
+        return Glow(t_shape, levels, steps, hidden, permutation, activation=activation)
+    return VectorFlow(t_shape[0], steps, hidden, permutation, activation=activation)
 
 
 def _log_normal(x: Tensor, mean: Tensor | None = None, log_std: Tensor | None = None) -> Tensor:
@@ -144,7 +144,8 @@ class TzKStage(nn.Module):
         knowledge: knowledge name → code dimension, or → a dict of
             :class:`Knowledge` keyword arguments (``code_dim`` and any of
             ``code_steps``, ``code_hidden``, ``permutation``).
-        levels, steps, hidden, permutation: the t-flow (``levels`` only for images).
+        levels, steps, hidden, permutation, activation: the t-flow (``levels`` only for
+            images; ``activation`` of its coupling nets, ``"swish"`` or ``"relu"``).
         net_hidden: width of every knowledge type's networks.
         code_steps, code_hidden: default code-flow size.
         exact_gradient: differentiate the ``−(K−1)·log p(t)`` factor of ``log p_dec``
@@ -163,14 +164,14 @@ class TzKStage(nn.Module):
 
     def __init__(self, t_shape: Sequence[int], knowledge: Mapping[str, int | Mapping], *,
                  levels: int = 3, steps: int = 4, hidden: int = 64, permutation: str = "shuffle",
-                 net_hidden: int = 64, code_steps: int = 4, code_hidden: int = 64,
+                 activation: str = "swish", net_hidden: int = 64, code_steps: int = 4, code_hidden: int = 64,
                  exact_gradient: bool = False, stacked: bool = True):
         super().__init__()
         self.t_shape = tuple(t_shape)
         self.exact_gradient = exact_gradient
         self.stacked = stacked
         self._structure: dict[str, tuple] = {}  # knowledge name -> (signature, its ActNorms)
-        self.t_flow = make_t_flow(self.t_shape, levels, steps, hidden, permutation)
+        self.t_flow = make_t_flow(self.t_shape, levels, steps, hidden, permutation, activation)
         self.z_dim = self.t_flow.dim
         self._defaults = dict(hidden=net_hidden, code_steps=code_steps, code_hidden=code_hidden,
                               permutation=permutation)

@@ -20,13 +20,13 @@ PERMUTATIONS = {"shuffle": Shuffle, "lu": InvConvLU}
 
 
 def flow_step(channels: int, hidden: int, image: bool, permutation: str, seed: int,
-              cond_channels: int = 0) -> list[Flow]:
+              cond_channels: int = 0, activation: str = "swish") -> list[Flow]:
     """One Glow step: ActNorm → permutation → affine coupling."""
     if permutation not in PERMUTATIONS:
         raise ValueError(f"unknown permutation {permutation!r} (known: {', '.join(PERMUTATIONS)})")
     layers: list[Flow] = [ActNorm(channels), PERMUTATIONS[permutation](channels, seed=seed)]
     if channels >= 2:
-        layers.append(AffineCoupling(channels, hidden, image, cond_channels))
+        layers.append(AffineCoupling(channels, hidden, image, cond_channels, activation))
     return layers
 
 
@@ -45,6 +45,7 @@ class Glow(Flow):
         steps: flow steps per level.
         hidden: channels of the coupling networks.
         permutation: ``"shuffle"`` (fixed, the paper's choice) or ``"lu"``.
+        activation: of the coupling networks, ``"swish"`` (the paper's) or ``"relu"``.
         cond_channels: size of an optional conditioning vector for the couplings.
 
     Example:
@@ -54,7 +55,7 @@ class Glow(Flow):
     """
 
     def __init__(self, in_shape: Sequence[int], levels: int, steps: int, hidden: int,
-                 permutation: str = "shuffle", cond_channels: int = 0):
+                 permutation: str = "shuffle", cond_channels: int = 0, activation: str = "swish"):
         super().__init__()
         c, h, w = in_shape
         if h % 2**levels or w % 2**levels:
@@ -68,7 +69,7 @@ class Glow(Flow):
             c, h, w = 4 * c, h // 2, w // 2
             layers: list[Flow] = [Squeeze()]
             for _ in range(steps):
-                layers += flow_step(c, hidden, True, permutation, seed, cond_channels)
+                layers += flow_step(c, hidden, True, permutation, seed, cond_channels, activation)
                 seed += 1
             self.levels.append(FlowSequence(layers))
             if level < levels - 1:
@@ -112,15 +113,16 @@ class VectorFlow(FlowSequence):
         steps: number of flow steps.
         hidden: width of the coupling networks.
         permutation: ``"shuffle"`` or ``"lu"``.
+        activation: of the coupling networks, ``"swish"`` or ``"relu"``.
         cond_channels: size of an optional conditioning vector.
         symlog: append a SymLog after each step.
     """
 
     def __init__(self, dim: int, steps: int, hidden: int, permutation: str = "shuffle",
-                 cond_channels: int = 0, symlog: bool = False):
+                 cond_channels: int = 0, symlog: bool = False, activation: str = "swish"):
         layers: list[Flow] = []
         for seed in range(steps):
-            layers += flow_step(dim, hidden, False, permutation, seed, cond_channels)
+            layers += flow_step(dim, hidden, False, permutation, seed, cond_channels, activation)
             if symlog:
                 layers.append(SymLog())
         super().__init__(layers)
