@@ -4,13 +4,14 @@ normflows' multi-scale Glow is built as in its example (``examples/glow_colab.ip
 ``GlowBlock``s, ``Squeeze``, ``Merge``, one ``DiagGaussian`` base per level, put together
 by ``MultiscaleFlow``); tzkgraph's is ``tzkgraph.flows.Glow`` with the same levels, steps
 per level, coupling-net width, affine coupling (scale ``sigmoid(s + 2)``), LU-parameterised
-1×1 convolutions (``tzkgraph-lu``; ``tzkgraph-shuffle`` replaces them by a fixed channel
-permutation) and split structure: per level a 2×2 squeeze, ``steps`` × (ActNorm → 1×1 conv
-→ coupling), then half the channels factored out. Parameter counts of the flows are equal.
-What cannot be matched:
+1×1 convolutions and split structure: per level a 2×2 squeeze, ``steps`` × (ActNorm → 1×1
+conv → coupling), then half the channels factored out. Parameter counts of the flows are
+equal. ``tzkgraph-lu-relu`` also has normflows' coupling-net activation (``ConvNet2d``'s
+``LeakyReLU(0)``, i.e. ReLU): the identical architecture. ``tzkgraph-lu`` and
+``tzkgraph-shuffle`` (a fixed channel permutation instead of the 1×1 convolutions) have
+tzkgraph's default, the paper's swish, which costs an ``exp`` per hidden activation forward
+and backward (about a quarter of a CPU training step). What cannot be matched:
 
-- coupling-net activation: tzkgraph uses swish, normflows' ``ConvNet2d`` (leaky) ReLU;
-  swish costs an ``exp`` per hidden activation, forward and backward;
 - base density: normflows learns a diagonal Gaussian per level (``2·D`` more parameters);
   tzkgraph's is a fixed ``N(0, I)`` over one flat ``z``. Neither has Glow's learned
   split priors (a Gaussian conditioned on the kept half), nor ActNorm inside the nets;
@@ -60,10 +61,13 @@ from tzkgraph.density import gaussian_log_prob
 from tzkgraph.flows import Glow
 from tzkgraph.flows.coupling import ConvNet
 
-IMPLEMENTATIONS = ("tzkgraph-lu", "tzkgraph-shuffle", "normflows")
-# Not run by default: tzkgraph with its coupling nets computed as plain NCHW convolutions
-# (not channels-last, see tzkgraph.flows.coupling.ConvNet), for before/after comparisons.
-EXTRA = ("tzkgraph-lu-nchw",)
+# tzkgraph-lu-relu is normflows' architecture exactly (LU 1x1 convs, ReLU coupling nets);
+# tzkgraph-lu and tzkgraph-shuffle have tzkgraph's default swish nets.
+IMPLEMENTATIONS = ("tzkgraph-lu-relu", "tzkgraph-lu", "tzkgraph-shuffle", "normflows")
+# Not run by default: the shuffle with ReLU nets, and tzkgraph with its coupling nets computed
+# as plain NCHW convolutions (not channels-last, see tzkgraph.flows.coupling.ConvNet), for
+# before/after comparisons.
+EXTRA = ("tzkgraph-shuffle-relu", "tzkgraph-lu-nchw")
 IN_SHAPE = (1, 32, 32)
 
 
@@ -105,7 +109,8 @@ def build(name: str, levels: int, steps: int, hidden: int) -> torch.nn.Module:
     """One of ``IMPLEMENTATIONS + EXTRA``."""
     if name == "normflows":
         return build_normflows(levels, steps, hidden)
-    model = Glow(IN_SHAPE, levels, steps, hidden, permutation=name.split("-")[1])
+    activation = "relu" if name.endswith("-relu") else "swish"
+    model = Glow(IN_SHAPE, levels, steps, hidden, permutation=name.split("-")[1], activation=activation)
     if name.endswith("-nchw"):
         for module in model.modules():
             if isinstance(module, ConvNet):  # this instance only: the plain Sequential forward
