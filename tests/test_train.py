@@ -60,6 +60,9 @@ def test_second_run_reuses_the_cache_and_changed_weights_rebuild_it(tmp_path):
 
 def test_resume_continues_exactly(tmp_path):
     whole = run(tiny(tmp_path / "a"), progress=False, say=lambda _: None)
+    for line in whole.history:  # throughput between log lines, global batch of 32
+        assert line["ms_per_step"] > 0
+        assert line["images_per_s"] == pytest.approx(32 * 1e3 / line["ms_per_step"])
     spec = tiny(tmp_path / "b")
     stopped = run(spec, stop_after=37, progress=False, say=lambda _: None)  # mid conditional phase
     assert not stopped.finished and stopped.step == 37
