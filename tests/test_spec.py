@@ -405,3 +405,10 @@ def test_flow_activation_swish_is_the_default_and_keeps_the_graph_identity():
     relu = load_spec("graphs/tiny.yaml", ["stages.images.flow.activation=relu"])
     assert plain.to_dict() == swish.to_dict()  # old checkpoints and caches stay valid
     assert relu.stage("images").flow.activation == "relu" and relu.to_dict() != plain.to_dict()
+
+
+def test_compile_takes_a_bool_or_a_torch_compile_mode():
+    assert load_spec("graphs/tiny.yaml", ["train.compile=true"]).train.compile is True
+    assert load_spec("graphs/tiny.yaml", ["train.compile=reduce-overhead"]).train.compile == "reduce-overhead"
+    with pytest.raises(ConfigError, match=r"train.compile: unknown compile setting 'fast'.*\(known: false, true, "):
+        load_spec("graphs/tiny.yaml", ["train.compile=fast"])

@@ -140,7 +140,8 @@ def read_choice(value: Any, where: str, choices: Sequence[Any], kind: str = "val
     """One of ``choices``; an unknown one is reported with the valid ones."""
     if isinstance(value, (dict, list)) or value not in choices or \
             (isinstance(value, bool) and not any(c is value for c in choices)):
-        raise ConfigError(where, unknown(kind, value, [str(c) for c in choices]))
+        shown = [str(c).lower() if isinstance(c, bool) else str(c) for c in choices]  # as YAML writes them
+        raise ConfigError(where, unknown(kind, value, shown))
     return value
 
 
