@@ -301,7 +301,7 @@ def run(spec: GraphSpec, *, resume: bool = False, fresh: bool = False, progress:
                                        f"stopped, the last good checkpoint {ckpt_path} is kept "
                                        "(try a lower train.lr or a longer train.warmup)")
                     log.write(line)
-                    bar.set_postfix(loss=f"{line['loss']:.4g}")
+                    bar.set_postfix(loss=f"{line['loss']:.4g}", images_per_s=f"{line['images_per_s']:.0f}")
                 stopping = stop_after is not None and step >= stop_after
                 if last:  # the next phase starts with a new optimizer
                     phase_index, phase_step = phase_index + 1, 0
