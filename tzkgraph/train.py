@@ -269,6 +269,9 @@ def run(spec: GraphSpec, *, resume: bool = False, fresh: bool = False, progress:
             # the first step runs eagerly: ActNorm's data-dependent initialisation is host logic
             compiled = objective
             if train.compile:
+                # a graph the compiler cannot build runs eagerly (with torch's warning) instead of
+                # stopping the run: seen once, a Triton failure on an H100 (torch 2.11, Triton 3.6)
+                torch._dynamo.config.suppress_errors = True
                 compiled = torch.compile(objective, mode=None if train.compile is True else train.compile)
             loss_fn = objective
             bar = tqdm(total=phase.steps, initial=phase_step, desc=f"{spec.name}/{phase.name}",
