@@ -12,15 +12,20 @@ __all__ = ["gaussian_log_prob", "bits_per_dim", "LOG_2PI"]
 LOG_2PI = math.log(2 * math.pi)
 
 
-def gaussian_log_prob(x: Tensor, mean: Tensor | None = None, log_std: Tensor | None = None) -> Tensor:
-    """``log N(x; mean, diag exp(log_std)²)`` summed over all but the batch dim.
+def gaussian_log_prob(x: Tensor, mean: Tensor | None = None, log_std: Tensor | None = None,
+                      event_dims: int | None = None) -> Tensor:
+    """``log N(x; mean, diag exp(log_std)²)`` summed over each event's dims.
 
     ``mean``/``log_std`` of ``None`` mean 0 / 0 (the standard normal). Computed
     in float32 or wider even when the inputs come from a lower-precision
     autocast region.
 
+    Arguments:
+        event_dims: how many trailing dims make one event (summed over); ``None``
+            = all but the first (the batch dim).
+
     Returns:
-        ``(B,)`` log-densities in nats.
+        log-densities in nats: ``(B,)``, or ``x``'s leading dims when ``event_dims`` is given.
     """
     dtype = torch.promote_types(x.dtype, torch.float32)
     x = x.to(dtype)
@@ -32,7 +37,9 @@ def gaussian_log_prob(x: Tensor, mean: Tensor | None = None, log_std: Tensor | N
     out = -0.5 * (x * x + LOG_2PI)
     if log_std is not None:
         out = out - log_std
-    return out.reshape(out.shape[0], -1).sum(dim=1)
+    if event_dims is None:
+        return out.reshape(out.shape[0], -1).sum(dim=1)
+    return out.flatten(-event_dims).sum(dim=-1)
 
 
 def bits_per_dim(nll: Tensor | float, dims: int, bits: int | None = None) -> Tensor | float:

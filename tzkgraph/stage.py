@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .density import LOG_2PI, gaussian_log_prob
+from .density import gaussian_log_prob
 from .flows import ActNorm, Flow, Glow, VectorFlow
-from .nets import Knowledge, float32
+from .nets import Knowledge
 from .stacked import StackedKnowledge, actnorms_settled, signature
 
 __all__ = ["Knowledge", "KnowledgeTerms", "StageOutput", "TzKStage", "knowledge_terms", "make_t_flow"]
@@ -23,18 +23,6 @@ def make_t_flow(t_shape: Sequence[int], levels: int, steps: int, hidden: int,
     if len(t_shape) == 3:
         return Glow(t_shape, levels, steps, hidden, permutation, activation=activation)
     return VectorFlow(t_shape[0], steps, hidden, permutation, activation=activation)
-
-
-def _log_normal(x: Tensor, mean: Tensor | None = None, log_std: Tensor | None = None) -> Tensor:
-    """:func:`~tzkgraph.density.gaussian_log_prob` over the last dim only (any leading dims)."""
-    x = float32(x)
-    if mean is not None:
-        x = x - mean.to(x.dtype)
-    if log_std is not None:
-        log_std = log_std.to(x.dtype)
-        x = x * torch.exp(-log_std)
-    out = -0.5 * (x * x + LOG_2PI)
-    return (out if log_std is None else out - log_std).sum(-1)
 
 
 class _Evaluates(Protocol):  # a Knowledge, or a StackedKnowledge (every result with a leading K)
@@ -89,12 +77,12 @@ def knowledge_terms(kn: _Evaluates, t: Tensor, z: Tensor, logdet: Tensor, e: Ten
     c = kn.code_inverse(sample if mode == "encoder" else noise)
 
     u, code_logdet = kn.code_forward(c)
-    log_p_c = _log_normal(u) + code_logdet
+    log_p_c = gaussian_log_prob(u, event_dims=1) + code_logdet
     logit_c = kn.decoder_logit(c)
     enc_e, dec_e = [], []
     for value, sign in ((0, -1.0), (1, 1.0)):
-        log_p_c_given_t = _log_normal(u, *posterior[value]) + code_logdet
-        log_p_t_given_c = _log_normal(z, *kn.decoder_gaussian(c, value)) + logdet
+        log_p_c_given_t = gaussian_log_prob(u, *posterior[value], event_dims=1) + code_logdet
+        log_p_t_given_c = gaussian_log_prob(z, *kn.decoder_gaussian(c, value), event_dims=1) + logdet
         enc_e.append(F.logsigmoid(sign * logit_t) + log_p_c_given_t)
         dec_e.append(F.logsigmoid(sign * logit_c) + log_p_t_given_c)
     present = e.bool()
