@@ -125,11 +125,7 @@ def build_trainer(spec: GraphSpec, data: GraphData, config: str, mode: str, devi
     if checkpoint:
         load_matching(model, load_checkpoint(checkpoint, map_location=device)["model"])
     trainable = trainable_parts(spec, config)
-    params = model.set_trainable(trainable)
-    model.train()
-    for part in spec.atomic_parts():
-        if part not in trainable:
-            model.part(part).eval()  # frozen, as train.py has it
+    params = model.set_trainable(trainable)  # frozen parts in eval mode, as train.py has them
     for stage in model.stages.values():
         stage.stacked = stack
     plan = plan_phase(spec, trainable)

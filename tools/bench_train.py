@@ -8,7 +8,8 @@ log lines, checkpoints and sample pictures excluded). The first log interval of 
 figure is the median of the other intervals.
 
 Achieved TFLOP/s = (FLOPs of one training step) / (seconds per step). The FLOPs are counted
-once per phase with ``torch.utils.flop_counter.FlopCounterMode`` on the trained model:
+once per phase, on a step whose codes come from the encoder, with
+``torch.utils.flop_counter.FlopCounterMode`` on the trained model:
 matrix products and convolutions of the forward and backward pass (elementwise work is
 not counted, as usual for model FLOP utilisation). Frozen parts read from a cache cost no
 FLOPs, and are counted as such.
@@ -66,15 +67,14 @@ def step_flops(spec: GraphSpec, run_dir: Path, device: torch.device, amp: bool) 
     for phase in spec.train.phases:
         trainable = spec.trainable(phase)
         model.set_trainable(trainable)
-        model.train()
-        for part in spec.atomic_parts():
-            if part not in trainable:
-                model.part(part).eval()
         executor = GraphExecutor(model, data, plan_phase(spec, trainable), spec.train.cache_dir,
                                  progress=False)
+        # codes from the encoder: a decoder-mode step also runs a no-grad code inverse (a
+        # metric, a few MFLOP), which FlopCounterMode's module hooks refuse on torch 2.14
+        modes = {name: "encoder" for name in executor.plan.loss_stages}
         with FlopCounterMode(display=False) as counter:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                loss, _ = executor.loss(index, 0)
+                loss, _ = executor.loss(index, 0, modes)
             loss.backward()
         model.zero_grad(set_to_none=True)
         flops.append(float(counter.get_total_flops()))

@@ -55,8 +55,13 @@ class TzKGraph(nn.Module):
         return f"{stage}/{FLOW_PART}" if kind == "t_flow" else f"{stage}/{rest[0]}"
 
     def set_trainable(self, parts: Iterable[str]) -> list[nn.Parameter]:
-        """Makes exactly ``parts`` trainable; returns their parameters."""
+        """Makes exactly ``parts`` trainable, in training mode, and the rest frozen in eval
+        mode (no data-dependent re-initialisation there); returns their parameters."""
         parts = set(parts)
+        self.train()
+        for name in self.spec.atomic_parts():
+            if name not in parts:
+                self.part(name).eval()
         self.requires_grad_(False)
         params: list[nn.Parameter] = []
         for name in sorted(parts):

@@ -248,10 +248,7 @@ def run(spec: GraphSpec, *, resume: bool = False, fresh: bool = False, progress:
                 say(f"phase {phase.name}: nothing new to train, skipped")
                 phase_index, phase_step = phase_index + 1, 0
                 continue
-            params = model.set_trainable(trainable)
-            model.train()
-            for part in {p for p in spec.atomic_parts() if p not in trainable}:
-                model.part(part).eval()  # frozen: no data-dependent (re)initialisation
+            params = model.set_trainable(trainable)  # and frozen parts in eval mode
             plan = plan_phase(spec, trainable)
             executor = GraphExecutor(model, data, plan, train.cache_dir, progress=progress)
             result.caches_built += executor.caches_built
