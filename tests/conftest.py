@@ -26,6 +26,25 @@ def randomize(module: nn.Module, scale: float = 0.3, seed: int = 0) -> nn.Module
     return module
 
 
+@torch.no_grad()
+def autocast_round_trip(flow: nn.Module, x: torch.Tensor, device_type: str):
+    """A flow initialised on ``x``, randomised and evaluated in float32 and under bf16 autocast.
+
+    Returns:
+        ``(z, logdet, back, logdet_ref)``: the autocast forward, its inverse of ``z``, and
+        the float32 forward's logdet.
+    """
+    with torch.enable_grad():
+        flow(x)  # ActNorm initialisation
+    randomize(flow, 0.1)
+    flow.eval()
+    _, logdet_ref = flow(x)
+    with torch.autocast(device_type, dtype=torch.bfloat16):
+        z, logdet = flow(x)
+        back = flow.inverse(z)
+    return z, logdet, back, logdet_ref
+
+
 def jacobian_logdet(fn, x: torch.Tensor) -> torch.Tensor:
     """``log|det ∂fn(x)/∂x|`` per example, from autograd's full Jacobian."""
     out = []

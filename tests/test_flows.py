@@ -10,7 +10,7 @@ import torch
 from tzkgraph.flows import (ActNorm, AffineCoupling, Glow, InvConvLU, Shuffle, Squeeze,
                             SymLog, VectorFlow)
 
-from conftest import jacobian_logdet, randomize
+from conftest import autocast_round_trip, jacobian_logdet, randomize
 
 CASES = {
     "actnorm-image": (lambda: ActNorm(3), (3, 4, 4)),
@@ -155,14 +155,7 @@ def test_glow_inverts_under_bf16_autocast(permutation):
     torch.manual_seed(0)
     flow = Glow((1, 8, 8), levels=2, steps=2, hidden=16, permutation=permutation)
     x = torch.rand(16, 1, 8, 8) - 0.5
-    flow(x)
-    randomize(flow, 0.1)
-    flow.eval()
-    with torch.no_grad():
-        z_ref, logdet_ref = flow(x)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            z, logdet = flow(x)
-            back = flow.inverse(z)
+    z, logdet, back, logdet_ref = autocast_round_trip(flow, x, "cpu")
     assert z.dtype == logdet.dtype == back.dtype == torch.float32
     assert (back - x).abs().max() < 1e-4
     assert torch.allclose(logdet, logdet_ref, rtol=2e-2, atol=0.5)

@@ -16,7 +16,7 @@ from tzkgraph.stage import TzKStage
 from tzkgraph.spec import load_spec
 from tzkgraph.train import run
 
-from conftest import randomize, requires_cuda
+from conftest import autocast_round_trip, randomize, requires_cuda
 
 pytestmark = requires_cuda
 CUDA = torch.device("cuda")
@@ -33,14 +33,7 @@ def test_glow_under_bf16_autocast_keeps_float32_logdets_and_inverts():
     torch.manual_seed(0)
     flow = Glow((1, 16, 16), levels=2, steps=3, hidden=32, permutation="lu").to(CUDA)
     x = torch.rand(32, 1, 16, 16, device=CUDA) - 0.5
-    flow(x)  # ActNorm initialisation
-    randomize(flow, 0.1)
-    flow.eval()
-    with torch.no_grad():
-        z_ref, logdet_ref = flow(x)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            z, logdet = flow(x)
-            back = flow.inverse(z)
+    z, logdet, back, logdet_ref = autocast_round_trip(flow, x, "cuda")
     assert z.dtype == torch.float32 and logdet.dtype == torch.float32
     # The coupling nets ran in bf16; the 1x1 convolutions, affine maps and log-determinants did
     # not. The inverse's net inputs differ from the forward's by float32 rounding, which bf16
