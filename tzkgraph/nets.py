@@ -109,13 +109,19 @@ class Knowledge(nn.Module):
         code_dim: dimension ``C`` of the code.
         hidden: width of the regressors and discriminators.
         code_steps, code_hidden, permutation: the code flow's size.
+        volume_preserving: build ``f_c`` with ``log|det| = 0`` (the default). Otherwise
+            rescaling every code by α, which the nets' input ActNorms absorb, lowers the
+            loss by ``C·log(1/α)`` per code density, and code spaces collapse
+            (README, "Code space").
     """
 
     def __init__(self, t_shape: Sequence[int], z_dim: int, code_dim: int, hidden: int = 64,
-                 code_steps: int = 4, code_hidden: int = 64, permutation: str = "shuffle"):
+                 code_steps: int = 4, code_hidden: int = 64, permutation: str = "shuffle",
+                 volume_preserving: bool = True):
         super().__init__()
         self.code_dim = code_dim
-        self.code_flow = VectorFlow(code_dim, code_steps, code_hidden, permutation)
+        self.code_flow = VectorFlow(code_dim, code_steps, code_hidden, permutation,
+                                    volume_preserving=volume_preserving)
         self.encoder_discriminator = encoder_net(t_shape, hidden, 1)
         self.encoder_posterior = nn.ModuleList(
             GaussianHead(encoder_net(t_shape, hidden, 2 * code_dim)) for _ in range(2))

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from . import nets
 from .flows import ActNorm, AffineCoupling, FlowSequence, InvConvLU, Shuffle, VectorFlow
 from .flows import coupling
+from .flows.base import centred
 
 __all__ = ["StackedModules", "StackedKnowledge", "signature", "stackable", "actnorms_settled"]
 
@@ -155,15 +156,21 @@ def actnorms_settled(actnorms: Sequence[ActNorm]) -> bool:
 
 # --- layers: (stacked, template module, input) -> output -----------------------------------------
 
+def _actnorm_log_scale(s: StackedModules, m: ActNorm) -> Tensor:
+    """:meth:`ActNorm.effective_log_scale` for all ``K``, ``(K, C)``."""
+    log_scale = s.tensor(m, "log_scale")
+    return centred(log_scale) if m.volume_preserving else log_scale
+
+
 def _actnorm_forward(s: StackedModules, m: ActNorm, x: Tensor) -> tuple[Tensor, Tensor]:
     """Vectors, shared ``(B, C)`` or ``(K, B, C)`` → ``(K, B, C)``, logdet ``(K, B)``."""
-    bias, log_scale = s.tensor(m, "bias"), s.tensor(m, "log_scale")  # (K, C)
+    bias, log_scale = s.tensor(m, "bias"), _actnorm_log_scale(s, m)  # (K, C)
     z = (x + bias.unsqueeze(1)) * log_scale.unsqueeze(1).exp()
     return z, log_scale.sum(-1, keepdim=True).expand(s.k, x.shape[-2])
 
 
 def _actnorm_inverse(s: StackedModules, m: ActNorm, z: Tensor) -> Tensor:
-    bias, log_scale = s.tensor(m, "bias"), s.tensor(m, "log_scale")
+    bias, log_scale = s.tensor(m, "bias"), _actnorm_log_scale(s, m)
     return z * (-log_scale).unsqueeze(1).exp() - bias.unsqueeze(1)
 
 
@@ -185,11 +192,17 @@ def _shuffle_inverse(s: StackedModules, m: Shuffle, z: Tensor) -> Tensor:
     return _permute(_batched(s, z), s.tensor(m, "inv_perm"))
 
 
+def _lu_log_s(s: StackedModules, m: InvConvLU) -> Tensor:
+    """:meth:`InvConvLU.effective_log_s` for all ``K``, ``(K, C)``."""
+    log_s = s.tensor(m, "log_s")
+    return centred(log_s) if m.volume_preserving else log_s
+
+
 def _lu_weight(s: StackedModules, m: InvConvLU) -> Tensor:
     """:meth:`InvConvLU.weight` for all ``K``, ``(K, C, C)``."""
     mask, eye = s.tensor(m, "lower_mask"), s.tensor(m, "eye")
     lower = s.tensor(m, "lower") * mask + eye
-    diagonal = torch.diag_embed(s.tensor(m, "sign_s") * s.tensor(m, "log_s").exp())
+    diagonal = torch.diag_embed(s.tensor(m, "sign_s") * _lu_log_s(s, m).exp())
     upper = s.tensor(m, "upper") * mask.transpose(1, 2) + diagonal
     return s.tensor(m, "p") @ lower @ upper
 
@@ -202,7 +215,7 @@ def _mix(x: Tensor, weight: Tensor) -> Tensor:
 
 def _lu_forward(s: StackedModules, m: InvConvLU, x: Tensor) -> tuple[Tensor, Tensor]:
     x = _batched(s, x)
-    logdet = s.tensor(m, "log_s").sum(-1, keepdim=True).expand(s.k, x.shape[1])
+    logdet = _lu_log_s(s, m).sum(-1, keepdim=True).expand(s.k, x.shape[1])
     return _mix(x, _lu_weight(s, m)), logdet
 
 
@@ -211,20 +224,22 @@ def _lu_inverse(s: StackedModules, m: InvConvLU, z: Tensor) -> Tensor:
 
 
 def _shift_scale(s: StackedModules, m: AffineCoupling, x_a: Tensor) -> tuple[Tensor, Tensor]:
+    """:meth:`AffineCoupling._shift_scale` for all ``K``: shift, log scale."""
     shift, raw = s(m.net, x_a).to(x_a.dtype).chunk(2, dim=-1)
-    return shift, torch.sigmoid(raw + 2.0)
+    log_scale = coupling.coupling_log_scale(raw)  # (K, B, C_b)
+    return shift, centred(log_scale) if m.volume_preserving else log_scale
 
 
 def _coupling_forward(s: StackedModules, m: AffineCoupling, x: Tensor) -> tuple[Tensor, Tensor]:
     x_a, x_b = x[..., : m.split], x[..., m.split :]
-    shift, scale = _shift_scale(s, m, x_a)
-    return torch.cat([x_a, (x_b + shift) * scale], dim=-1), torch.log(scale).sum(-1)
+    shift, log_scale = _shift_scale(s, m, x_a)
+    return torch.cat([x_a, (x_b + shift) * log_scale.exp()], dim=-1), log_scale.sum(-1)
 
 
 def _coupling_inverse(s: StackedModules, m: AffineCoupling, z: Tensor) -> Tensor:
     z_a, z_b = z[..., : m.split], z[..., m.split :]
-    shift, scale = _shift_scale(s, m, z_a)
-    return torch.cat([z_a, z_b / scale - shift], dim=-1)
+    shift, log_scale = _shift_scale(s, m, z_a)
+    return torch.cat([z_a, z_b * (-log_scale).exp() - shift], dim=-1)
 
 
 def _sequence_forward(s: StackedModules, m: FlowSequence, x: Tensor) -> tuple[Tensor, Tensor | None]:

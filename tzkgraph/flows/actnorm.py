@@ -6,7 +6,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .base import Flow
+from .base import Flow, centred
 
 __all__ = ["ActNorm"]
 
@@ -24,10 +24,13 @@ class ActNorm(Flow):
     Arguments:
         channels: number of channels ``C``.
         eps: added to the batch standard deviation at initialisation.
+        volume_preserving: use ``log_scale`` less its mean, so ``logdet = 0``: the layer
+            standardises channels against each other but cannot change the volume.
     """
 
-    def __init__(self, channels: int, eps: float = 1e-6):
+    def __init__(self, channels: int, eps: float = 1e-6, volume_preserving: bool = False):
         super().__init__()
+        self.volume_preserving = volume_preserving
         self.bias = nn.Parameter(torch.zeros(channels))
         self.log_scale = nn.Parameter(torch.zeros(channels))
         self.register_buffer("initialized", torch.tensor(False))
@@ -37,6 +40,13 @@ class ActNorm(Flow):
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
         self._known_initialized = False  # re-read the loaded buffer once
+
+    def extra_repr(self) -> str:
+        return f"{self.log_scale.numel()}" + (", volume_preserving=True" if self.volume_preserving else "")
+
+    def effective_log_scale(self) -> Tensor:
+        """The log-scale the layer applies: ``log_scale``, centred when volume-preserving."""
+        return centred(self.log_scale) if self.volume_preserving else self.log_scale
 
     def _view(self, p: Tensor, x: Tensor) -> Tensor:
         return p.view(1, -1, *([1] * (x.dim() - 2)))
@@ -75,10 +85,11 @@ class ActNorm(Flow):
                 self._known_initialized = True
             else:
                 self.initialize(x)
-        z = (x + self._view(self.bias, x)) * self._view(self.log_scale, x).exp()
+        log_scale = self.effective_log_scale()
+        z = (x + self._view(self.bias, x)) * self._view(log_scale, x).exp()
         spatial = x[0, 0].numel()  # H·W for images, 1 for vectors
-        logdet = (self.log_scale.sum() * spatial).expand(x.shape[0])
+        logdet = (log_scale.sum() * spatial).expand(x.shape[0])
         return z, logdet
 
     def inverse(self, z: Tensor, cond: Tensor | None = None) -> Tensor:
-        return z * self._view(-self.log_scale, z).exp() - self._view(self.bias, z)
+        return z * self._view(-self.effective_log_scale(), z).exp() - self._view(self.bias, z)

@@ -7,12 +7,22 @@ from typing import Iterable
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Flow", "FlowSequence", "sum_except_batch"]
+__all__ = ["Flow", "FlowSequence", "centred", "sum_except_batch"]
 
 
 def sum_except_batch(x: Tensor) -> Tensor:
     """Sums every dimension but the first: ``(B, ...) -> (B,)``."""
     return x.reshape(x.shape[0], -1).sum(dim=1)
+
+
+def centred(log_scale: Tensor, dims: int = 1) -> Tensor:
+    """``log_scale`` less its mean over the last ``dims`` dims: scales whose product is 1.
+
+    What makes a layer volume-preserving (``log|det| = 0``) while it still rescales
+    dimensions against each other.
+    """
+    keep = tuple(range(log_scale.dim() - dims, log_scale.dim()))
+    return log_scale - log_scale.mean(dim=keep, keepdim=True)
 
 
 class Flow(nn.Module):

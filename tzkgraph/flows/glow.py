@@ -20,13 +20,16 @@ PERMUTATIONS = {"shuffle": Shuffle, "lu": InvConvLU}
 
 
 def flow_step(channels: int, hidden: int, image: bool, permutation: str, seed: int,
-              cond_channels: int = 0, activation: str = "swish") -> list[Flow]:
-    """One Glow step: ActNorm → permutation → affine coupling."""
+              cond_channels: int = 0, activation: str = "swish", volume_preserving: bool = False) -> list[Flow]:
+    """One Glow step: ActNorm → permutation → affine coupling (each with ``logdet = 0``
+    when ``volume_preserving``)."""
     if permutation not in PERMUTATIONS:
         raise ValueError(f"unknown permutation {permutation!r} (known: {', '.join(PERMUTATIONS)})")
-    layers: list[Flow] = [ActNorm(channels), PERMUTATIONS[permutation](channels, seed=seed)]
+    vp = volume_preserving
+    layers: list[Flow] = [ActNorm(channels, volume_preserving=vp),
+                          PERMUTATIONS[permutation](channels, seed=seed, volume_preserving=vp)]
     if channels >= 2:
-        layers.append(AffineCoupling(channels, hidden, image, cond_channels, activation))
+        layers.append(AffineCoupling(channels, hidden, image, cond_channels, activation, volume_preserving=vp))
     return layers
 
 
@@ -116,15 +119,23 @@ class VectorFlow(FlowSequence):
         activation: of the coupling networks, ``"swish"`` or ``"relu"``.
         cond_channels: size of an optional conditioning vector.
         symlog: append a SymLog after each step.
+        volume_preserving: every layer has ``logdet = 0`` (not with ``symlog``): the flow
+            reshapes a density but cannot shrink or grow its volume. The code flows ``f_c``
+            are built so, which keeps a code space from collapsing (README, "Code space").
     """
 
     def __init__(self, dim: int, steps: int, hidden: int, permutation: str = "shuffle",
-                 cond_channels: int = 0, symlog: bool = False, activation: str = "swish"):
+                 cond_channels: int = 0, symlog: bool = False, activation: str = "swish",
+                 volume_preserving: bool = False):
+        if symlog and volume_preserving:
+            raise ValueError("a SymLog is not volume-preserving")
         layers: list[Flow] = []
         for seed in range(steps):
-            layers += flow_step(dim, hidden, False, permutation, seed, cond_channels, activation)
+            layers += flow_step(dim, hidden, False, permutation, seed, cond_channels, activation,
+                                volume_preserving)
             if symlog:
                 layers.append(SymLog())
         super().__init__(layers)
         self.in_shape = (dim,)
         self.dim = dim
+        self.volume_preserving = volume_preserving

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import Flow
+from .base import Flow, centred
 
 __all__ = ["Shuffle", "InvConvLU"]
 
@@ -35,9 +35,10 @@ class Shuffle(Flow):
     Arguments:
         channels: number of channels ``C``.
         seed: seed of the permutation.
+        volume_preserving: accepted for symmetry with :class:`InvConvLU`; a shuffle always is.
     """
 
-    def __init__(self, channels: int, seed: int = 0):
+    def __init__(self, channels: int, seed: int = 0, volume_preserving: bool = True):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
         perm = torch.randperm(channels, generator=g)
@@ -61,10 +62,12 @@ class InvConvLU(Flow):
     Arguments:
         channels: number of channels ``C``.
         seed: seed of the initial rotation.
+        volume_preserving: use ``log_s`` less its mean, so ``|det W| = 1``.
     """
 
-    def __init__(self, channels: int, seed: int = 0):
+    def __init__(self, channels: int, seed: int = 0, volume_preserving: bool = False):
         super().__init__()
+        self.volume_preserving = volume_preserving
         g = torch.Generator().manual_seed(seed)
         w = torch.linalg.qr(torch.randn(channels, channels, generator=g))[0]
         p, lower, upper = torch.linalg.lu(w)
@@ -77,16 +80,23 @@ class InvConvLU(Flow):
         self.upper = nn.Parameter(torch.triu(upper, 1))
         self.log_s = nn.Parameter(torch.log(torch.abs(s)))
 
+    def extra_repr(self) -> str:
+        return f"{self.eye.shape[0]}" + (", volume_preserving=True" if self.volume_preserving else "")
+
+    def effective_log_s(self) -> Tensor:
+        """``log|diag U|``: ``log_s``, centred when volume-preserving."""
+        return centred(self.log_s) if self.volume_preserving else self.log_s
+
     def weight(self) -> Tensor:
         """The (C, C) matrix ``W``, at the parameters' precision (also under autocast)."""
         with torch.autocast(self.lower.device.type, enabled=False):
             lower = self.lower * self.lower_mask + self.eye
-            upper = self.upper * self.lower_mask.T + torch.diag(self.sign_s * self.log_s.exp())
+            upper = self.upper * self.lower_mask.T + torch.diag(self.sign_s * self.effective_log_s().exp())
             return self.p @ lower @ upper
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         spatial = x[0, 0].numel()
-        logdet = (self.log_s.sum() * spatial).expand(x.shape[0])
+        logdet = (self.effective_log_s().sum() * spatial).expand(x.shape[0])
         return _mix(x, self.weight()), logdet
 
     def inverse(self, z: Tensor, cond: Tensor | None = None) -> Tensor:
