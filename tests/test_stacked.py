@@ -102,8 +102,8 @@ def test_stacked_and_one_at_a_time_agree(kind, mode, case):
 def test_every_metric_is_kept():
     stage, t, e = _ready(_mixed_stage)
     metrics = stage.loss(t, e).metrics
-    per_knowledge = ["encoder_accuracy", "decoder_accuracy", "knowledge_gap"]
-    assert set(metrics) == {"loss", "log_p_t", "log_p_enc", "log_p_dec"} | {
+    per_knowledge = ["encoder_accuracy", "decoder_accuracy_given_e", "knowledge_gap", "code_std", "code_logdet"]
+    assert set(metrics) == {"loss", "objective", "bound", "log_p_t", "log_p_enc", "log_p_dec"} | {
         f"{k}/{m}" for k in stage.names for m in per_knowledge}
 
 

@@ -98,6 +98,10 @@ class GraphExecutor:
             s.name: torch.stack([data.present(k.present).float() for k in s.knowledge]
                                 + [data.labels.new_zeros(len(data), dtype=torch.float32)], 1)[:, :-1]
             for s in self.spec.stages}
+        self.observed = {  # stage -> (N, K) bool: whether e is known (data.labelled)
+            s.name: torch.stack([data.observed(k.present) for k in s.knowledge]
+                                + [data.labels.new_ones(len(data), dtype=torch.bool)], 1)[:, :-1]
+            for s in self.spec.stages}
         self.caches_built: list[str] = []
         self.flow_cache: dict[str, tuple[Tensor, Tensor]] = {}
         self.code_cache: dict[str, dict[str, tuple[Tensor, Tensor]]] = {}
@@ -118,7 +122,7 @@ class GraphExecutor:
         return spec_hash({
             "format": FORMAT_VERSION, "what": what, "stage": self.spec.stage(stage).to_dict(),
             "t_shape": list(self.spec.t_shape(stage)), "weights": hash_module(module),
-            "data": self.spec.data.to_dict(), "data_hash": self._data_hash,
+            "data": self.spec.data.images_dict(), "data_hash": self._data_hash,
             "dequant_seed": self.data.dequant_seed,
         })
 
@@ -195,11 +199,14 @@ class GraphExecutor:
              modes: dict[str, str] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """The sum of the phase's stage losses on examples ``index`` at training ``step``, and metrics.
 
+        Each stage's loss is a sum over the batch divided by its size, so the total is a
+        joint per example: the root's terms, plus a child's where the example reaches it.
+
         ``modes``: per loss stage, the code source (see :meth:`draw_modes`; drawn here if not given).
         """
         if modes is None:
             modes = self.draw_modes()
-        total = None
+        total = bound = None
         metrics: dict[str, Tensor] = {}
         weights: dict[str, Tensor] = {}
         codes: dict[str, dict[str, Tensor]] = {}
@@ -226,9 +233,11 @@ class GraphExecutor:
                 z = logdet = None
                 if name in self.plan.cached_flow:
                     z, logdet = self._frozen_latent(name, t, index)
-                out = stage.loss(t, e, z=z, logdet=logdet, active=self.plan.active[name], mode=modes[name],
+                out = stage.loss(t, e, self.observed[name][index], z=z, logdet=logdet,
+                                 active=self.plan.active[name], mode=modes[name],
                                  weight=None if spec.is_root else weight, emit_codes=self.plan.emit[name])
                 total = out.loss if total is None else total + out.loss
+                bound = out.metrics["bound"] if bound is None else bound + out.metrics["bound"]
                 metrics.update({f"{name}/{k}": v for k, v in out.metrics.items()})
                 codes[name] = out.codes
             elif name in self.plan.cached_codes:
@@ -238,5 +247,6 @@ class GraphExecutor:
                     codes[name][k] = stage.knowledge[k].code_flow.inverse(m + s.exp() * torch.randn_like(m))
             else:
                 codes[name] = {k: stage.encode(k, t) for k in self.plan.emit[name]}
-        metrics["loss"] = total.detach()
+        metrics["loss"] = total.detach()  # the objective differentiated: the stages' sum
+        metrics["bound"] = bound  # the paper's negative bound, summed the same way
         return total, metrics

@@ -42,6 +42,8 @@ class KnowledgeTerms(NamedTuple):
     posterior: tuple[Tensor, Tensor]  #: (μ, log σ) of p(c | e=1, t) before f_c, (…, B, C) each
     logit_t: Tensor  #: logit of p(e = 1 | t), detached
     logit_post: Tensor  #: logit of p(e = 1 | c) at c ~ p(c | e, t), no gradient
+    code: Tensor  #: the code c the terms were evaluated at, detached, (…, B, C)
+    code_logdet: Tensor  #: log|det ∂f_c/∂c| there, detached (0 for a volume-preserving f_c)
 
 
 def knowledge_terms(kn: _Evaluates, t: Tensor, z: Tensor, logdet: Tensor, e: Tensor, observed: Tensor,
@@ -90,7 +92,8 @@ def knowledge_terms(kn: _Evaluates, t: Tensor, z: Tensor, logdet: Tensor, e: Ten
     dec = log_p_c + torch.where(observed, torch.where(present, dec_e[1], dec_e[0]), torch.logaddexp(*dec_e))
     with torch.no_grad():  # the decoder discriminator on a code from the encoder
         logit_post = logit_c.detach() if mode == "encoder" else kn.decoder_logit(kn.code_inverse(sample))
-    return KnowledgeTerms(enc, dec, posterior[1], logit_t.detach(), logit_post)
+    return KnowledgeTerms(enc, dec, posterior[1], logit_t.detach(), logit_post, c.detach(),
+                          code_logdet.detach())
 
 
 @dataclass
@@ -98,8 +101,10 @@ class StageOutput:
     """What :meth:`TzKStage.loss` returns.
 
     Attributes:
-        loss: the negative lower bound ``−½(log p_enc + log p_dec)``, batch mean.
-        metrics: detached scalar diagnostics (no host sync until read).
+        loss: what is differentiated: the negative lower bound ``−½(log p_enc + log p_dec)``
+            per example of the batch, less the cut factor (see ``exact_gradient``).
+        metrics: detached scalar diagnostics (no host sync until read), among them
+            ``objective`` (= ``loss``) and ``bound``, the paper's.
         codes: for each requested knowledge, ``c ~ p(c | e=1, t)``
             (reparameterised), the observation a child stage sees.
     """
@@ -116,6 +121,42 @@ def _weighted_mean(weight: Tensor | None):
         return lambda x: x.mean(-1)
     total = weight.sum().clamp(min=1e-12)
     return lambda x: (weight * x).sum(-1) / total
+
+
+def _per_example(weight: Tensor | None):
+    """``x ↦ Σ w·x / B`` over the batch (the last dim); the plain mean when ``weight`` is ``None``.
+
+    A child stage's loss so weighted adds to its parents' as a joint per example of the
+    batch: an example absent from the child contributes its parents' terms alone.
+    """
+    if weight is None:
+        return lambda x: x.mean(-1)
+    return lambda x: (weight * x).sum(-1) / x.shape[-1]
+
+
+def _knowledge_metrics(terms: KnowledgeTerms, e: Tensor, known: Tensor, log_p_t: Tensor,
+                       mean) -> dict[str, Tensor]:
+    """Per-knowledge diagnostics of a group's terms, ``(K_g,)`` each (no gradient).
+
+    - ``encoder_accuracy``: of ``p(e | t) > ½`` over the examples whose ``e`` is known;
+    - ``decoder_accuracy_given_e``: of ``p(e | c) > ½`` with ``c ~ p(c | e, t)``, a code
+      drawn *knowing* ``e`` (how well codes carry their ``e``, not a classifier);
+    - ``knowledge_gap``: ``log p_dec(t, k) − log p_enc(t, k)``;
+    - ``code_std``: the codes' standard deviation over the batch, averaged over dims, and
+      ``code_logdet``: the mean ``log|det ∂f_c/∂c|`` at them — a collapsing code space
+      shows as a falling ``code_std`` (with a rising ``code_logdet`` unless f_c is
+      volume-preserving).
+    """
+    counted = known.to(terms.logit_t.dtype)
+    n = counted.sum(-1).clamp(min=1)
+    accuracy = lambda logit: (((logit > 0).to(e.dtype) == e).to(n.dtype) * counted).sum(-1) / n
+    code = terms.code.to(n.dtype)  # (K_g, B, C)
+    centre = mean(code.transpose(1, 2)).unsqueeze(1)  # (K_g, 1, C)
+    spread = mean(((code - centre) ** 2).transpose(1, 2)).sqrt().mean(-1)
+    return {"encoder_accuracy": accuracy(terms.logit_t),
+            "decoder_accuracy_given_e": accuracy(terms.logit_post),
+            "knowledge_gap": mean(terms.dec - log_p_t - terms.enc),
+            "code_std": spread, "code_logdet": mean(terms.code_logdet)}
 
 
 class TzKStage(nn.Module):
@@ -137,9 +178,10 @@ class TzKStage(nn.Module):
         net_hidden: width of every knowledge type's networks.
         code_steps, code_hidden: default code-flow size.
         exact_gradient: differentiate the ``−(K−1)·log p(t)`` factor of ``log p_dec``
-            too. Off by default: that factor's gradient rewards a trainable
-            t-flow for shrinking ``p(t)`` when ``K > 2``, and the bound then
-            diverges (the loss's value is the same either way).
+            too. Off by default: that factor's gradient rewards a trainable t-flow (or a
+            parent's code) for shrinking ``p(t)`` when ``K > 2``, and the bound then
+            diverges. Off, the objective is the bound without that factor wherever
+            ``log p(t)`` has a gradient; the bound's value is reported either way.
         stacked: evaluate knowledge types of identical structure as one stacked
             batch (:mod:`tzkgraph.stacked`) in :meth:`loss` and :meth:`discriminate`;
             the same function as one at a time, with about K times fewer operators.
@@ -281,7 +323,7 @@ class TzKStage(nn.Module):
              z: Tensor | None = None, logdet: Tensor | None = None,
              active: Sequence[str] | None = None, mode: str | None = None,
              emit_codes: Collection[str] = (), weight: Tensor | None = None) -> StageOutput:
-        """The negative lower bound ``−½(log p_enc + log p_dec)`` (Eq. 10), batch mean.
+        """The negative lower bound ``−½(log p_enc + log p_dec)`` (Eq. 10), per example of the batch.
 
         Missing codes are drawn per batch from the encoder (``c ~ p(c | e, t)``)
         or the decoder (``c ~ p(c)``) with probability ½, reparameterised. Where
@@ -290,6 +332,11 @@ class TzKStage(nn.Module):
         The noise is drawn first, per group of identically structured knowledge
         types, which then run as one stacked batch (see ``stacked``) or one at a
         time: the same function of that noise (:func:`knowledge_terms`).
+
+        What is differentiated (``loss``, also ``metrics["objective"]``) is the bound
+        itself, except that with ``exact_gradient`` off and a ``log p(t)`` that has a
+        gradient, the ``−(K−1)·log p(t)`` factor of ``log p_dec`` is left out (see
+        the class docs); ``metrics["bound"]`` is always the paper's.
 
         Arguments:
             t: observations ``(B, *t_shape)``.
@@ -300,9 +347,11 @@ class TzKStage(nn.Module):
                 gives the plain flow NLL ``−log p(t)`` (K = 0).
             mode: ``"encoder"`` or ``"decoder"`` to fix the code source; ``None`` draws it.
             emit_codes: knowledge types whose ``c ~ p(c | e=1, t)`` to return.
-            weight: ``(B,)`` per-example weights of the mean (default 1). A graph
-                passes 0 for examples whose parent knowledge is absent, which
-                keeps every shape static (no data-dependent indexing).
+            weight: ``(B,)`` per-example weights (default 1). A graph passes 0 for
+                examples whose parent knowledge is absent, which keeps every shape
+                static (no data-dependent indexing). The loss is ``Σ w·L / B``, so
+                stages' losses add up to a per-example joint; the metrics are means
+                over the examples with ``w > 0``.
         """
         if z is None:
             z, logdet = self.t_flow(t)
@@ -314,14 +363,15 @@ class TzKStage(nn.Module):
             mode = "encoder" if torch.rand(()) < 0.5 else "decoder"
         if mode not in ("encoder", "decoder"):
             raise ValueError(f"mode must be 'encoder' or 'decoder', got {mode!r}")
-        mean = _weighted_mean(weight)
+        mean = _weighted_mean(weight)  # metrics: over the examples that count
+        per_example = _per_example(weight)  # the loss: a sum over the batch, per example
         metrics: dict[str, Tensor] = {"log_p_t": mean(log_p_t.detach())}
         log_p_enc = log_p_t
-        # p_dec = Π p(t|k_i) p(k_i) / p(t)^(K-1) (Eq. 4). Its value is the paper's; its gradient
-        # through the -(K-1) log p(t) factor is cut (unless `exact_gradient`): with K > 2 that
-        # factor rewards a t-flow for making p(t) small and the bound runs off to -inf.
-        correction = log_p_t if self.exact_gradient else log_p_t.detach()
-        log_p_dec = -(len(names) - 1) * correction
+        # p_dec = Π p(t|k_i) p(k_i) / p(t)^(K-1) (Eq. 4). With K > 2, differentiating the
+        # -(K-1) log p(t) factor rewards a t-flow for making p(t) small and the bound runs off
+        # to -inf: unless `exact_gradient`, the objective leaves it out where it has a gradient.
+        cut = not self.exact_gradient and log_p_t.requires_grad and len(names) > 1
+        log_p_knowledge = torch.zeros_like(log_p_t)  # Σ_i log p(t | k_i) p(k_i)
         columns = {name: i for i, name in enumerate(self.names)}
         counted = observed if weight is None else observed & (weight > 0).unsqueeze(1)
         known = counted.T  # (K, B): e known, example counted
@@ -333,14 +383,9 @@ class TzKStage(nn.Module):
             e_g, known_g = e[rows], known[rows]  # (K_g, B)
             terms = self._group_terms(group, t, z, logdet, e_g, known_g, mode)
             log_p_enc = log_p_enc + terms.enc.sum(0)
-            log_p_dec = log_p_dec + terms.dec.sum(0)
-            with torch.no_grad():  # discriminator accuracies on the examples whose e is known
-                counted = known_g.to(terms.logit_t.dtype)
-                n = counted.sum(-1).clamp(min=1)
-                accuracy = lambda logit: (((logit > 0).to(e_g.dtype) == e_g).to(n.dtype) * counted).sum(-1) / n
-                values = {"encoder_accuracy": accuracy(terms.logit_t),
-                          "decoder_accuracy": accuracy(terms.logit_post),
-                          "knowledge_gap": mean(terms.dec - log_p_t - terms.enc)}  # (K_g,) each
+            log_p_knowledge = log_p_knowledge + terms.dec.sum(0)
+            with torch.no_grad():
+                values = _knowledge_metrics(terms, e_g, known_g, log_p_t, mean)  # (K_g,) each
             for key, value in values.items():
                 for name, v in zip(group, value.unbind()):
                     per_name.setdefault(name, {})[key] = v
@@ -351,10 +396,12 @@ class TzKStage(nn.Module):
         for name in emit_codes:
             mu, log_sigma = posteriors.get(name) or self.knowledge[name].encoder_posterior[1](t)
             codes[name] = self._draw_code(name, mu, log_sigma)
-        loss = -0.5 * mean(log_p_enc + log_p_dec)
-        metrics.update(loss=loss.detach(), log_p_enc=mean(log_p_enc.detach()),
-                       log_p_dec=mean(log_p_dec.detach()))
-        return StageOutput(loss, metrics, codes)
+        log_p_dec = log_p_knowledge - (len(names) - 1) * log_p_t
+        objective = -0.5 * per_example(log_p_enc + (log_p_knowledge if cut else log_p_dec))
+        bound = -0.5 * per_example(log_p_enc.detach() + log_p_dec.detach())
+        metrics.update(loss=objective.detach(), objective=objective.detach(), bound=bound,
+                       log_p_enc=mean(log_p_enc.detach()), log_p_dec=mean(log_p_dec.detach()))
+        return StageOutput(objective, metrics, codes)
 
     def _group_terms(self, group: Sequence[str], t: Tensor, z: Tensor, logdet: Tensor, e: Tensor,
                      known: Tensor, mode: str) -> KnowledgeTerms:
@@ -372,6 +419,7 @@ class TzKStage(nn.Module):
             return knowledge_terms(stacked, t, z, logdet, e, known, uniform, noise, mode)
         each = [knowledge_terms(self.knowledge[name], t, z, logdet, e[i], known[i], uniform[i], noise[i], mode)
                 for i, name in enumerate(group)]
-        enc, dec, mu, log_sigma, logit_t, logit_post = (
-            torch.stack(x) for x in zip(*[(o.enc, o.dec, *o.posterior, o.logit_t, o.logit_post) for o in each]))
-        return KnowledgeTerms(enc, dec, (mu, log_sigma), logit_t, logit_post)
+        enc, dec, mu, log_sigma, logit_t, logit_post, code, code_logdet = (
+            torch.stack(x) for x in zip(*[(o.enc, o.dec, *o.posterior, o.logit_t, o.logit_post, o.code,
+                                           o.code_logdet) for o in each]))
+        return KnowledgeTerms(enc, dec, (mu, log_sigma), logit_t, logit_post, code, code_logdet)
