@@ -54,6 +54,7 @@ class GraphData:
         source_names: the data sources, in order.
         bits: bit depth of ``images``.
         dequant_seed: seed of the fixed dequantisation noise.
+        label_known: ``(N,)`` bool, whose labels the model may see (``None``: all).
     """
 
     images: Tensor
@@ -62,13 +63,28 @@ class GraphData:
     source_names: list[str]
     bits: int
     dequant_seed: int = 0
+    label_known: Tensor | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
     def present(self, rule: PresentRule) -> Tensor:
-        """``e`` of every example for one rule, ``(N,)`` bool."""
+        """``e`` of every example for one rule, ``(N,)`` bool (from the true labels)."""
         return rule.evaluate(self.source_index, self.labels, self.source_names)
+
+    def observed(self, rule: PresentRule) -> Tensor:
+        """Whether ``e`` of each example is known for one rule, ``(N,)`` bool.
+
+        Known where the rule needs no label, where the label is known, and where the
+        rule's source condition alone already fails (then ``e = 0`` whatever the label).
+        """
+        if self.label_known is None or (rule.label is None and rule.label_bit is None):
+            return torch.ones_like(self.labels, dtype=torch.bool)
+        known = self.label_known
+        if rule.source is not None:
+            known = known | ~PresentRule(source=rule.source).evaluate(
+                self.source_index, self.labels, self.source_names)
+        return known
 
     def observations(self, index: Tensor, fixed: bool = False, step: int = 0) -> Tensor:
         """Dequantised images ``t ∈ [-½, ½)`` for the examples ``index``, ``(B, C, S, S)``.
@@ -90,7 +106,16 @@ class GraphData:
 
     def to(self, device: torch.device | str) -> "GraphData":
         return GraphData(self.images.to(device), self.source_index.to(device), self.labels.to(device),
-                         self.source_names, self.bits, self.dequant_seed)
+                         self.source_names, self.bits, self.dequant_seed,
+                         None if self.label_known is None else self.label_known.to(device))
+
+
+def first_per_class(labels: Tensor, n: int) -> Tensor:
+    """``(N,)`` bool: the first ``n`` examples of every class, in order."""
+    known = torch.zeros_like(labels, dtype=torch.bool)
+    for label in labels.unique():
+        known[torch.nonzero(labels == label).flatten()[:n]] = True
+    return known
 
 
 def load_graph_data(spec: DataSpec, split: str = "train",
@@ -98,11 +123,13 @@ def load_graph_data(spec: DataSpec, split: str = "train",
     """Loads, pads, quantises and concatenates every source of ``spec``.
 
     Arguments:
-        spec: the graph's ``data:`` section (``limit`` keeps the first N per source).
+        spec: the graph's ``data:`` section (``limit`` keeps the first N per source;
+            ``labelled`` makes only the first N training examples of each class and
+            source keep their label, see :meth:`GraphData.observed`).
         split: ``"train"`` or ``"test"``.
         device: where the tensors live during training (no per-step copies).
     """
-    images, sources, labels = [], [], []
+    images, sources, labels, known = [], [], [], []
     for i, source in enumerate(spec.sources):
         x, y = load_images(source.dataset, split, spec.root)
         if spec.limit is not None:  # the first examples of each source
@@ -113,5 +140,8 @@ def load_graph_data(spec: DataSpec, split: str = "train",
         images.append(x.contiguous())
         labels.append(y)
         sources.append(torch.full_like(y, i))
+        if spec.labelled is not None and split == "train":
+            known.append(first_per_class(y, spec.labelled))
     return GraphData(torch.cat(images), torch.cat(sources), torch.cat(labels),
-                     spec.source_names, spec.image.bits, spec.dequant_seed).to(device)
+                     spec.source_names, spec.image.bits, spec.dequant_seed,
+                     torch.cat(known) if known else None).to(device)

@@ -26,12 +26,12 @@ __all__ = [
 ]
 
 TOP_KEYS = ("name", "seed", "data", "stages", "train")
-DATA_KEYS = ("root", "sources", "image", "dequant_seed", "limit")
-STAGE_KEYS = ("observe", "flow", "code_flow", "nets", "knowledge")
+DATA_KEYS = ("root", "sources", "image", "dequant_seed", "limit", "labelled")
+STAGE_KEYS = ("observe", "flow", "code_flow", "nets", "knowledge", "exact_gradient")
 KNOWLEDGE_KEYS = ("code_dim", "present", "code_flow", "group")
 FLOW_KEYS = ("levels", "steps", "hidden", "permutation", "activation")
 ACTIVATIONS = ("swish", "relu")    # the keys of tzkgraph.flows.coupling.ACTIVATIONS
-CODE_FLOW_KEYS = ("steps", "hidden", "permutation")
+CODE_FLOW_KEYS = ("steps", "hidden", "permutation", "volume_preserving")
 TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainSpec))
 PHASE_KEYS = ("name", "steps", "trains", "freeze")
 PERMUTATIONS = ("shuffle", "lu")   # the keys of tzkgraph.flows.PERMUTATIONS
@@ -178,10 +178,11 @@ def _read_data(value: Any) -> DataSpec:
                           f"RGB), got {channels}: {'/'.join(DATASET_CLASSES)} images are gray")
     image = ImageSpec(read_int(image_raw.get("size", default.size), "data.image.size", 28, 64),
                       channels, read_int(image_raw.get("bits", default.bits), "data.image.bits", 1, 8))
-    limit = raw.get("limit")
+    limit, labelled = raw.get("limit"), raw.get("labelled")
     return DataSpec(tuple(sources), image, read_str(raw.get("root"), "data.root", nullable=True),
                     read_int(raw.get("dequant_seed", 0), "data.dequant_seed", 0),
-                    None if limit is None else read_int(limit, "data.limit", 1))
+                    None if limit is None else read_int(limit, "data.limit", 1),
+                    None if labelled is None else read_int(labelled, "data.labelled", 1))
 
 
 def _read_stage(name: Any, value: Any, data: DataSpec | None,
@@ -225,7 +226,8 @@ def _read_stage(name: Any, value: Any, data: DataSpec | None,
     for k in knowledge:
         if k.name in groups:
             raise ConfigError(places[k.name], f"knowledge {k.name!r} has the name of a group")
-    stage = StageSpec(name, observe, tuple(knowledge), flow, code_flow, nets)
+    exact = read_bool(raw.get("exact_gradient", False), f"{where}.exact_gradient")
+    stage = StageSpec(name, observe, tuple(knowledge), flow, code_flow, nets, exact)
     return stage, {(name, k): place for k, place in places.items()}
 
 
@@ -250,7 +252,9 @@ def _read_code_flow(value: Any, where: str, base: CodeFlowSpec) -> CodeFlowSpec:
     return CodeFlowSpec(read_int(raw.get("steps", base.steps), f"{where}.steps", 1),
                         read_int(raw.get("hidden", base.hidden), f"{where}.hidden", 1),
                         read_choice(raw.get("permutation", base.permutation),
-                                    f"{where}.permutation", PERMUTATIONS, "permutation"))
+                                    f"{where}.permutation", PERMUTATIONS, "permutation"),
+                        read_bool(raw.get("volume_preserving", base.volume_preserving),
+                                  f"{where}.volume_preserving"))
 
 
 def _read_activation(value: Any, where: str) -> str | None:
@@ -348,6 +352,14 @@ def _check_graph(spec: GraphSpec, places: dict) -> None:
         loop = loop[start:] + loop[:start]
         raise ConfigError("stages", "cycle " + " -> ".join(loop + [loop[0]]))
 
+    if spec.data is not None and spec.data.labelled is not None:
+        for stage in spec.stages:
+            for parent, k in stage.parents:
+                rule = spec.stage(parent).get(k).present
+                if rule.label is not None or rule.label_bit is not None:
+                    raise ConfigError(f"stages.{stage.name}.observe", f"{parent}/{k} is present by "
+                                      "label, and with data.labelled most labels are unknown: an edge "
+                                      "needs a knowledge type known for every example (e.g. a source)")
     for name in spec.order:
         stage, seen = spec.stage(name), spec.reaching(name)
         if not seen:
@@ -382,6 +394,7 @@ def _read_train(value: Any, spec: GraphSpec) -> TrainSpec:
         phases=phases,
         batch_size=read_int(get("batch_size"), "train.batch_size", 1),
         lr=read_float(get("lr"), "train.lr", gt=0),
+        clip_grad=read_float(get("clip_grad"), "train.clip_grad", ge=0),
         warmup=read_int(get("warmup"), "train.warmup", 0),
         device=device,
         amp=read_bool(get("amp"), "train.amp"),

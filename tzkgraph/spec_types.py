@@ -60,6 +60,8 @@ class DataSpec:
     root: str | None = None                                # None = tzkgraph.data.default_root()
     dequant_seed: int = 0                                  # seed of the uniform dequantisation
     limit: int | None = None                               # first N examples per source and split (None = all)
+    labelled: int | None = None                            # labels known for N training examples per class
+                                                           # and source (None = all): semi-supervised
 
     @property
     def source_names(self) -> list[str]:
@@ -67,8 +69,15 @@ class DataSpec:
         return [source.name for source in self.sources]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"root": self.root, "sources": [asdict(s) for s in self.sources],
-                "image": asdict(self.image), "dequant_seed": self.dequant_seed, "limit": self.limit}
+        out = {"root": self.root, "sources": [asdict(s) for s in self.sources],
+               "image": asdict(self.image), "dequant_seed": self.dequant_seed, "limit": self.limit}
+        if self.labelled is not None:  # left out when unset: older graphs keep their identity
+            out["labelled"] = self.labelled
+        return out
+
+    def images_dict(self) -> dict[str, Any]:
+        """What determines the images (not which labels are known): what caches are keyed by."""
+        return {k: v for k, v in self.to_dict().items() if k != "labelled"}
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,7 @@ class CodeFlowSpec:
     steps: int = 4
     hidden: int = 64
     permutation: str = "shuffle"   # "shuffle" | "lu"
+    volume_preserving: bool = True  # log|det f_c| = 0, so a code space cannot collapse (README)
 
 
 @dataclass(frozen=True)
@@ -129,6 +139,7 @@ class StageSpec:
     flow: FlowSpec = field(default_factory=FlowSpec)
     code_flow: CodeFlowSpec = field(default_factory=CodeFlowSpec)   # the stage's default
     nets: NetsSpec = field(default_factory=NetsSpec)
+    exact_gradient: bool = False             # differentiate the -(K-1) log p(t) factor too (README)
 
     @property
     def is_root(self) -> bool:
@@ -167,9 +178,12 @@ class StageSpec:
 
     def to_dict(self) -> dict[str, Any]:
         observe = self.observe[0] if len(self.observe) == 1 else list(self.observe)
-        return {"observe": observe, "flow": self.flow.to_dict(),
-                "code_flow": asdict(self.code_flow), "nets": asdict(self.nets),
-                "knowledge": {k.name: k.to_dict() for k in self.knowledge}}
+        out = {"observe": observe, "flow": self.flow.to_dict(),
+               "code_flow": asdict(self.code_flow), "nets": asdict(self.nets),
+               "knowledge": {k.name: k.to_dict() for k in self.knowledge}}
+        if self.exact_gradient:  # a training choice: left out when off, the default
+            out["exact_gradient"] = True
+        return out
 
 
 @dataclass(frozen=True)
@@ -193,6 +207,7 @@ class TrainSpec:
     phases: tuple[PhaseSpec, ...] = (PhaseSpec("train", 1000),)   # run in order
     batch_size: int = 64
     lr: float = 1e-3                # Adam learning rate
+    clip_grad: float = 4.0          # clip the gradient norm at this many times its running mean (0 = off)
     warmup: int = 500               # steps of linear learning-rate warm-up (per phase)
     device: str = "auto"            # auto | cpu | cuda | cuda:N | mps
     amp: bool = False               # bf16 autocast where numerically safe (CUDA only; pays off for wide nets)

@@ -1,0 +1,78 @@
+"""Semi-supervised knowledge: `data.labelled: N` keeps N labels per class; elsewhere e is
+unobserved and marginalised, and what the unknown labels are cannot change the objective."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tzkgraph.dataset import first_per_class, load_graph_data
+from tzkgraph.errors import ConfigError
+from tzkgraph.executor import GraphExecutor, plan_phase
+from tzkgraph.model import TzKGraph
+from tzkgraph.present import PresentRule
+from tzkgraph.spec import load_spec
+
+from conftest import randomize
+from test_train import tiny
+
+
+def test_first_per_class_keeps_n_of_each_label():
+    labels = torch.tensor([3, 1, 3, 3, 1, 0, 3])
+    assert first_per_class(labels, 2).tolist() == [True, True, True, False, True, True, False]
+
+
+def test_labelled_marks_only_label_rules_unobserved(tmp_path):
+    spec = tiny(tmp_path, "data.labelled=5")
+    data = load_graph_data(spec.data, "train")
+    assert int(data.label_known.sum()) == 50  # 5 per digit
+    assert data.observed(PresentRule(source="mnist")).all()  # a source is always known
+    digit = data.observed(PresentRule(label=3))
+    assert torch.equal(digit, data.label_known)
+    assert load_graph_data(spec.data, "test").label_known is None  # evaluation sees every label
+
+
+def test_a_source_rule_that_fails_makes_e_known_whatever_the_label():
+    from tzkgraph.dataset import GraphData
+
+    data = GraphData(torch.zeros(4, 1, 2, 2, dtype=torch.uint8), torch.tensor([0, 0, 1, 1]),
+                     torch.tensor([3, 4, 3, 4]), ["mnist", "fashion"], 8,
+                     label_known=torch.tensor([True, False, False, False]))
+    rule = PresentRule(source="mnist", label=3)
+    assert data.observed(rule).tolist() == [True, False, True, True]
+
+
+def _loss(spec, labels_of_unlabelled: int | None):
+    torch.manual_seed(0)
+    model = randomize(TzKGraph(spec), 0.2)  # zero-initialised heads would ignore e altogether
+    model.eval()
+    data = load_graph_data(spec.data, "train")
+    if labels_of_unlabelled is not None:  # overwrite every unknown label (all, when all are known)
+        unknown = torch.ones_like(data.labels, dtype=torch.bool) if data.label_known is None \
+            else ~data.label_known
+        data.labels[unknown] = labels_of_unlabelled
+    plan = plan_phase(spec, frozenset(p for p in spec.atomic_parts() if p.startswith("digits")))
+    executor = GraphExecutor(model, data, plan, "unused", progress=False, use_cache=False)
+    torch.manual_seed(0)
+    return executor.loss(torch.arange(64), modes={"digits": "encoder"})[0]
+
+
+def test_unknown_labels_do_not_reach_the_objective(tmp_path):
+    spec = tiny(tmp_path, "data.labelled=3")
+    torch.manual_seed(0)
+    a, b = _loss(spec, 0), _loss(spec, 4)
+    torch.testing.assert_close(a, b)
+    full = tiny(tmp_path)
+    assert not torch.allclose(_loss(full, None), _loss(full, 4))  # (while known labels do)
+
+
+def test_an_edge_by_label_is_refused_with_labelled(tmp_path):
+    from tzkgraph.spec import parse_spec
+    import yaml
+
+    raw = yaml.safe_load(open("graphs/tiny.yaml"))
+    raw["data"]["labelled"] = 10
+    raw["stages"]["digits"]["observe"] = "images/mnist"
+    raw["stages"]["more"] = {"observe": "digits/3", "knowledge": {"x": {"code_dim": 2, "present": {"label": 3}}}}
+    with pytest.raises(ConfigError, match="stages.more.observe: digits/3 is present by label"):
+        parse_spec(raw)
