@@ -78,18 +78,25 @@ def test_eval_prints_a_table_and_writes_json(trained_tiny, capsys):
     assert images["measured_on"] == "32×32×1, 8-bit, uniform dequantisation" and images["dims"] == 1024
     assert 1.0 < images["bits_per_dim"] < 9.0  # trained 40 steps: far from the papers' ~1.1, not random
     assert images["bits_per_dim"] == pytest.approx(images["nll"] / (1024 * math.log(2)) + 8)
-    keys = {"present", "nll", "bits_per_dim", "encoder_accuracy", "encoder_balanced_accuracy",
-            "decoder_accuracy", "knowledge_gap"}
-    for stage in (images, digits):
+    assert images["content_dims"] == 784  # the 28×28 pixels inside the padding: an upper bound
+    assert images["content_bits_per_dim"] == pytest.approx(images["bits_per_dim"] * 1024 / 784)
+    keys = {"present", "nll", "prior_bits_per_dim", "bits_per_dim", "iw_bits_per_dim", "encoder_accuracy",
+            "encoder_balanced_accuracy", "decoder_classifier_accuracy", "decoder_classifier_balanced_accuracy",
+            "decoder_accuracy_given_e", "knowledge_gap"}
+    content = {f"content_{k}" for k in ("prior_bits_per_dim", "bits_per_dim", "iw_bits_per_dim")}
+    for stage, extra in ((images, content), (digits, set())):
         for figures in stage["knowledge"].values():
-            assert figures.keys() == keys
-            assert 0 <= figures["encoder_accuracy"] <= 1 and 0 <= figures["decoder_accuracy"] <= 1
+            assert figures.keys() == keys | extra
+            for key in ("encoder_accuracy", "decoder_classifier_accuracy", "decoder_accuracy_given_e"):
+                assert 0 <= figures[key] <= 1
+    mnist = images["knowledge"]["mnist"]  # present everywhere: its prior figure is the stage's
+    assert mnist["prior_bits_per_dim"] == pytest.approx(images["bits_per_dim"])
     assert images["knowledge"]["mnist"]["present"] == 300   # every image is MNIST: all flow down the edge
     assert digits["examples"] == 300 and digits["dims"] == 4 and "continuous" in digits["measured_on"]
     labels = load_graph_data(trained_tiny.spec().data, "test").labels
     group = digits["groups"]["0..4"]
     assert group["exclusive"] and group["examples"] == int((labels < 5).sum())
-    assert 0 <= group["argmax_accuracy"] <= 1
+    assert 0 <= group["argmax_accuracy"] <= 1 and 0 <= group["decoder_argmax_accuracy"] <= 1
     for d in range(5):
         assert digits["knowledge"][str(d)]["present"] == int((labels == d).sum())
 
@@ -326,8 +333,12 @@ def test_samples_of_a_knowledge_type_are_classified_as_it(tmp_path):
     report = evaluate(model, load_graph_data(spec.data, "test"), examples=400, progress=False)
     report = report["stages"]["images"]
     for k in ("mnist", "fashion"):
-        assert report["knowledge"][k]["encoder_accuracy"] >= 0.9
-        assert report["knowledge"][k]["bits_per_dim"] < report["bits_per_dim"] - 0.5
+        figures = report["knowledge"][k]
+        assert figures["encoder_accuracy"] >= 0.9
+        assert figures["bits_per_dim"] < report["bits_per_dim"] - 0.5
+        # like with like: the prior on the same examples, and a true bound (iw) beside Appendix C's figure
+        assert figures["bits_per_dim"] < figures["prior_bits_per_dim"] - 0.5
+        assert figures["iw_bits_per_dim"] < figures["prior_bits_per_dim"]
 
 
 def test_a_graph_without_knowledge_is_a_plain_flow(tmp_path):

@@ -53,6 +53,8 @@ def _use_commands(commands: argparse._SubParsersAction) -> None:
                    help="a random subset of N examples (default: all)")
     p.add_argument("--batch-size", type=int, default=256, help="examples per batch (default: 256)")
     p.add_argument("--seed", type=int, default=0, help="seeds the subset and the code samples (default: 0)")
+    p.add_argument("--iw-samples", type=int, default=16, metavar="S",
+                   help="codes per example of the importance-weighted bounds (default: 16)")
     p.set_defaults(func=_eval)
 
     p = commands.add_parser("sample", help="sample images down a path of knowledge",
@@ -102,12 +104,17 @@ def _run(args: argparse.Namespace) -> int:
         raise TzkError("--resume and --fresh exclude each other")
     spec = load_spec(args.graph, args.overrides)
     try:
-        run(spec, resume=args.resume, fresh=args.fresh, progress=args.progress, stop_after=args.stop_after)
+        result = run(spec, resume=args.resume, fresh=args.fresh, progress=args.progress,
+                     stop_after=args.stop_after)
     finally:
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
+    if result.stopped_by is not None:  # the shell's convention for "ended by signal N"
+        import signal
+
+        return 128 + int(getattr(signal, result.stopped_by))
     return 0
 
 
@@ -129,8 +136,11 @@ def _eval(args: argparse.Namespace) -> int:
 
     if args.examples is not None and args.examples < 1:
         raise TzkError(f"-n: need at least one example, got {args.examples}")
+    if args.iw_samples < 1:
+        raise TzkError(f"--iw-samples: need at least one code per example, got {args.iw_samples}")
     evaluate_run(load_spec(args.graph, args.overrides), split=args.split, examples=args.examples,
-                 batch_size=args.batch_size, seed=args.seed, progress=args.progress)
+                 batch_size=args.batch_size, seed=args.seed, progress=args.progress,
+                 iw_samples=args.iw_samples)
     return 0
 
 

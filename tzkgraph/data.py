@@ -13,6 +13,7 @@ import torch
 from tzkgraph.errors import DataError
 
 __all__ = [
+    "SOURCE_SIZE",
     "DatasetSpec", "DATASETS", "SPLITS", "default_root", "is_present", "fetch", "fetch_all",
     "load_images", "pad_to", "quantise", "dequantise",
 ]
@@ -130,6 +131,8 @@ def load_images(
 
 
 # ---------------------------------------------------------------- preprocessing
+
+SOURCE_SIZE = 28  # every known dataset's images are 28×28 (DATASETS); larger sizes are padding
 
 
 def pad_to(images: torch.Tensor, size: int) -> torch.Tensor:

@@ -17,8 +17,10 @@ from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint
 from .dataset import GraphData, load_graph_data
+from .data import SOURCE_SIZE
 from .density import bits_per_dim, gaussian_log_prob
 from .errors import TzkError
+from .estimates import decoder_log_density, decoder_log_odds
 from .model import TzKGraph
 from .spec_types import GraphSpec, StageSpec
 
@@ -83,6 +85,29 @@ def _ratio(num: float, den: float) -> float | None:
     return num / den if den > 0 else None
 
 
+def _bpd(dims: int, bits: int | None):
+    """nll (nats, or ``None``) ↦ bits/dim (or ``None``)."""
+    return lambda nll: None if nll is None else float(bits_per_dim(nll, dims, bits))
+
+
+def _content_dims(spec: GraphSpec, stage: str) -> int | None:
+    """Dimensions of the sources' own pixels in a root stage's padded images (``None`` if unpadded)."""
+    if not spec.stage(stage).is_root or spec.data.image.size <= SOURCE_SIZE:
+        return None
+    return SOURCE_SIZE * SOURCE_SIZE * spec.data.image.channels
+
+
+def _content_bpd(bpd: float | None, dims: int, content: int) -> float | None:
+    """Bits per dimension of the unpadded content, an upper bound from the padded image's.
+
+    ``P(content) ≥ P(content, border)``, so the padded image's bits, all charged to the
+    content's dimensions, bound the content's bits per dimension from above (the border
+    is constant: a good model spends almost nothing on it, so the bound is nearly tight
+    in bits but not per dimension).
+    """
+    return None if bpd is None else bpd * dims / content
+
+
 def _present(data: GraphData, stage: StageSpec) -> Tensor:
     """``e`` of every example for each of the stage's knowledge types, ``(N, K)`` bool."""
     columns = [data.present(k.present) for k in stage.knowledge]
@@ -92,8 +117,9 @@ def _present(data: GraphData, stage: StageSpec) -> Tensor:
 class _Pass:
     """One pass over the data, walking the DAG in topological order; keeps running sums."""
 
-    def __init__(self, model: TzKGraph, data: GraphData):
+    def __init__(self, model: TzKGraph, data: GraphData, iw_samples: int = 16):
         self.model, self.spec, self.data = model, model.spec, data
+        self.iw_samples = iw_samples
         self.present = {s.name: _present(data, s) for s in self.spec.stages}  # stage -> (N, K) bool
         self.sums: dict[str, defaultdict[str, float]] = {s: defaultdict(float) for s in self.spec.order}
 
@@ -130,30 +156,48 @@ class _Pass:
         probs = stage.discriminate(t)  # (n, K) p(e_i = 1 | t)
         said = probs > 0.5
         metrics = stage.loss(t, e.float(), z=z, logdet=logdet, mode="encoder").metrics
+        log_p_t = gaussian_log_prob(z) + logdet
+        odds = {}  # the decoder classifier's log p_dec(t, e=1) − log p_dec(t, e=0), (n,)
         for i, k in enumerate(stage.names):
             kn, present = stage.knowledge[k], e[:, i]
             c = stage.encode(k, t)  # c ~ p(c | e=1, t) (Appendix C)
             codes[k][mask] = c.float()
             mean, log_std = kn.decoder[1](c)
             log_p = gaussian_log_prob(z, mean, log_std) + logdet  # log p(t | e=1, c)
+            rows = present.nonzero().flatten()
+            iw = decoder_log_density(stage, k, t[rows], z[rows], logdet[rows], 1, self.iw_samples) \
+                if len(rows) else z.new_zeros(0)
+            odds[k] = decoder_log_odds(stage, k, t, z, logdet, self.iw_samples)
+            says = odds[k] > 0
             sums[f"{k}/present"] += float(present.sum())
             sums[f"{k}/log_p"] += float(log_p[present].sum())
+            sums[f"{k}/prior_log_p"] += float(log_p_t[present].sum())
+            sums[f"{k}/iw_log_p"] += float(iw.sum())
             sums[f"{k}/encoder_correct"] += float((said[:, i] == present).sum())
             sums[f"{k}/true_positive"] += float((said[:, i] & present).sum())
             sums[f"{k}/true_negative"] += float((~said[:, i] & ~present).sum())
-            sums[f"{k}/decoder_correct"] += float(metrics[f"{k}/decoder_accuracy"]) * n
+            sums[f"{k}/decoder_correct"] += float((says == present).sum())
+            sums[f"{k}/decoder_true_positive"] += float((says & present).sum())
+            sums[f"{k}/decoder_true_negative"] += float((~says & ~present).sum())
+            sums[f"{k}/decoder_given_e_correct"] += float(metrics[f"{k}/decoder_accuracy_given_e"]) * n
             sums[f"{k}/knowledge_gap"] += float(metrics[f"{k}/knowledge_gap"]) * n
         exclusive = self.spec.exclusive_groups(name)
         for group, members in self.spec.stage(name).groups.items():
             cols = [stage.names.index(k) for k in members]
+            decoder = torch.stack([odds[k] for k in members], 1)  # (n, |group|)
             if group in exclusive:
                 one = e[:, cols].sum(1) == 1
-                right = probs[:, cols].argmax(1) == e[:, cols].float().argmax(1)
+                truth = e[:, cols].float().argmax(1)
+                right = probs[:, cols].argmax(1) == truth
+                decoder_right = decoder.argmax(1) == truth
                 sums[f"group {group}/examples"] += float(one.sum())
-                sums[f"group {group}/correct"] += float((right & one).sum())
             else:
+                one = torch.ones_like(e[:, 0])
+                right = (said[:, cols] == e[:, cols]).all(1)
+                decoder_right = ((decoder > 0) == e[:, cols]).all(1)
                 sums[f"group {group}/examples"] += n
-                sums[f"group {group}/correct"] += float((said[:, cols] == e[:, cols]).all(1).sum())
+            sums[f"group {group}/correct"] += float((right & one).sum())
+            sums[f"group {group}/decoder_correct"] += float((decoder_right & one).sum())
         return codes
 
     def report(self) -> dict[str, Any]:
@@ -164,45 +208,66 @@ class _Pass:
             bits = self.spec.data.image.bits if spec.is_root else None
             n = sums["examples"]
             nll = _ratio(-sums["log_p_t"], n)
+            bpd = _bpd(dims, bits)
+            content = _content_dims(self.spec, name)
             stage = {"measured_on": measured_on(self.spec, name), "t_shape": list(self.spec.t_shape(name)),
-                     "dims": dims, "examples": int(n), "nll": nll,
-                     "bits_per_dim": None if nll is None else float(bits_per_dim(nll, dims, bits)),
-                     "knowledge": {}, "groups": {}}
+                     "dims": dims, "examples": int(n), "nll": nll, "bits_per_dim": bpd(nll),
+                     "knowledge": {}, "groups": {}, "iw_samples": self.iw_samples}
+            if content is not None:
+                stage["content_dims"] = content
+                stage["content_bits_per_dim"] = _content_bpd(stage["bits_per_dim"], dims, content)
             for k in spec.knowledge_names:
                 present = sums[f"{k}/present"]
                 cond = _ratio(-sums[f"{k}/log_p"], present)
-                tpr = _ratio(sums[f"{k}/true_positive"], present)
-                tnr = _ratio(sums[f"{k}/true_negative"], n - present)
-                stage["knowledge"][k] = {
+                balanced = lambda tp, tn: (None if _ratio(tp, present) is None or _ratio(tn, n - present) is None
+                                           else (tp / present + tn / (n - present)) / 2)
+                figures = {
                     "present": int(present), "nll": cond,
-                    "bits_per_dim": None if cond is None else float(bits_per_dim(cond, dims, bits)),
+                    "prior_bits_per_dim": bpd(_ratio(-sums[f"{k}/prior_log_p"], present)),
+                    "bits_per_dim": bpd(cond),
+                    "iw_bits_per_dim": bpd(_ratio(-sums[f"{k}/iw_log_p"], present)),
                     "encoder_accuracy": _ratio(sums[f"{k}/encoder_correct"], n),
-                    "encoder_balanced_accuracy": None if tpr is None or tnr is None else (tpr + tnr) / 2,
-                    "decoder_accuracy": _ratio(sums[f"{k}/decoder_correct"], n),
+                    "encoder_balanced_accuracy": balanced(sums[f"{k}/true_positive"],
+                                                          sums[f"{k}/true_negative"]),
+                    "decoder_classifier_accuracy": _ratio(sums[f"{k}/decoder_correct"], n),
+                    "decoder_classifier_balanced_accuracy": balanced(sums[f"{k}/decoder_true_positive"],
+                                                                     sums[f"{k}/decoder_true_negative"]),
+                    "decoder_accuracy_given_e": _ratio(sums[f"{k}/decoder_given_e_correct"], n),
                     "knowledge_gap": _ratio(sums[f"{k}/knowledge_gap"], n),
                 }
+                if content is not None:
+                    for key in ("prior_bits_per_dim", "bits_per_dim", "iw_bits_per_dim"):
+                        figures[f"content_{key}"] = _content_bpd(figures[key], dims, content)
+                stage["knowledge"][k] = figures
             exclusive = self.spec.exclusive_groups(name)
             for group, members in spec.groups.items():
                 m = sums[f"group {group}/examples"]
                 key = "argmax_accuracy" if group in exclusive else "exact_match_accuracy"
                 stage["groups"][group] = {"members": members, "exclusive": group in exclusive,
-                                          "examples": int(m), key: _ratio(sums[f"group {group}/correct"], m)}
+                                          "examples": int(m), key: _ratio(sums[f"group {group}/correct"], m),
+                                          f"decoder_{key}": _ratio(sums[f"group {group}/decoder_correct"], m)}
             out[name] = stage
         return out
 
 
 def evaluate(model: TzKGraph, data: GraphData, *, examples: int | None = None, batch_size: int = 256,
-             seed: int = 0, progress: bool = True) -> dict[str, Any]:
+             seed: int = 0, progress: bool = True, iw_samples: int = 16) -> dict[str, Any]:
     """Every stage's figures on ``data`` (the paper's Appendix C), as plain JSON-ready data.
 
-    Per stage: bits/dim of the prior ``p(t)``; per knowledge type, bits/dim of
-    ``p(t | e=1, c)`` with ``c ~ p(c | e=1, t)`` over the examples where it is
-    present, encoder (``p(e|t)``) and decoder (``p(e|c)``, ``c ~ p(c|e,t)``)
-    discriminator accuracy and the knowledge gap ``log p_dec(t,k) − log p_enc(t,k)``;
-    per group, argmax accuracy (exclusive groups, over examples with exactly one
-    member present) or exact-match accuracy of all members. A child stage is
-    evaluated on ``c ~ p(c | e=1, t)`` of its parents, for the examples present
-    in every parent knowledge it observes.
+    Per stage: bits/dim of the prior ``p(t)`` (and, for padded images, an upper bound
+    for the unpadded content's pixels alone). Per knowledge type, over the examples where
+    it is present: the prior's bits/dim on those same examples; the paper's one-sample
+    conditional ``log p(t | e=1, c)``, ``c ~ p(c | e=1, t)`` (Appendix C, not a bound);
+    an importance-weighted bound on ``log ∫ p(t | e=1, c) p(c) dc`` with ``iw_samples``
+    codes (:mod:`tzkgraph.estimates`). Over all examples: the encoder discriminator's
+    accuracy (``p(e|t) > ½``), the decoder as a classifier (``p_dec(e=1 | t) > ½`` by
+    Bayes' rule on its joint, label unseen), ``p(e|c)`` on a code drawn knowing ``e``
+    (``decoder_accuracy_given_e``, what training logs) and the knowledge gap
+    ``log p_dec(t,k) − log p_enc(t,k)``. Per group, argmax accuracy (exclusive
+    groups, over examples with exactly one member present) or exact-match accuracy
+    of all members, for the encoder and the decoder classifier. A child stage is
+    evaluated on ``c ~ p(c | e=1, t)`` of its parents, for the examples present in
+    every parent knowledge it observes.
 
     Arguments:
         model: the trained graph (put in eval mode here).
@@ -211,6 +276,7 @@ def evaluate(model: TzKGraph, data: GraphData, *, examples: int | None = None, b
         batch_size: examples per batch.
         seed: seeds the subset and the code samples.
         progress: show a tqdm bar.
+        iw_samples: codes per example of the importance-weighted estimates.
     """
     model.eval()
     generator = torch.Generator().manual_seed(seed)
@@ -218,12 +284,13 @@ def evaluate(model: TzKGraph, data: GraphData, *, examples: int | None = None, b
     if examples is not None and examples < len(data):
         index = torch.randperm(len(data), generator=generator)[:examples].sort().values
     index = index.to(data.images.device)
-    state = _Pass(model, data)
+    state = _Pass(model, data, iw_samples)
     with seeded(seed, data.images.device):
         for start in tqdm(range(0, len(index), batch_size), desc=f"eval {model.spec.name}", unit="batch",
                           disable=not progress, dynamic_ncols=True):
             state.batch(index[start:start + batch_size])
-    return {"graph": model.spec.name, "examples": len(index), "seed": seed, "stages": state.report()}
+    return {"graph": model.spec.name, "examples": len(index), "seed": seed, "iw_samples": iw_samples,
+            "stages": state.report()}
 
 
 def _fmt(value: float | None, spec: str = ".3f") -> str:
@@ -239,18 +306,28 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [head]
     for name, stage in report["stages"].items():
         lines += ["", f"{name}  [{stage['measured_on']}; {stage['examples']} examples]",
-                  f"  prior p(t): {_fmt(stage['bits_per_dim'])} bits/dim"]
+                  f"  prior p(t): {_fmt(stage['bits_per_dim'])} bits/dim"
+                  + (f" ({_fmt(stage['content_bits_per_dim'])} per pixel of the unpadded "
+                     f"{stage['content_dims']}, an upper bound)" if "content_dims" in stage else "")]
         if stage["knowledge"]:
-            lines.append(f"  {'knowledge':<12}{'present':>8}{'bits/dim':>10}{'enc acc':>9}{'bal acc':>9}"
-                         f"{'dec acc':>9}{'gap (nats)':>12}")
+            iw = f"iw{stage.get('iw_samples', '')}"
+            lines.append(f"  {'knowledge':<12}{'present':>8}{'prior':>8}{'cond':>8}{iw:>8}{'enc acc':>9}"
+                         f"{'dec clf':>9}{'dec|e':>8}{'gap (nats)':>12}")
         for k, v in stage["knowledge"].items():
-            lines.append(f"  {k:<12}{v['present']:>8}{_fmt(v['bits_per_dim']):>10}"
-                         f"{_fmt(v['encoder_accuracy']):>9}{_fmt(v['encoder_balanced_accuracy']):>9}"
-                         f"{_fmt(v['decoder_accuracy']):>9}{_fmt(v['knowledge_gap'], '.2f'):>12}")
+            lines.append(f"  {k:<12}{v['present']:>8}{_fmt(v.get('prior_bits_per_dim')):>8}"
+                         f"{_fmt(v['bits_per_dim']):>8}{_fmt(v.get('iw_bits_per_dim')):>8}"
+                         f"{_fmt(v['encoder_accuracy']):>9}{_fmt(v.get('decoder_classifier_accuracy')):>9}"
+                         f"{_fmt(v.get('decoder_accuracy_given_e')):>8}{_fmt(v['knowledge_gap'], '.2f'):>12}")
         for group, v in stage["groups"].items():
             what = "argmax accuracy" if v["exclusive"] else "exact match of all members"
-            accuracy = v.get("argmax_accuracy", v.get("exact_match_accuracy"))
-            lines.append(f"  group {group}: {what} {_fmt(accuracy)} over {v['examples']} examples")
+            key = "argmax_accuracy" if v["exclusive"] else "exact_match_accuracy"
+            lines.append(f"  group {group}: {what} {_fmt(v.get(key))} (encoder), "
+                         f"{_fmt(v.get('decoder_' + key))} (decoder classifier) over {v['examples']} examples")
+    if any(stage["knowledge"] for stage in report["stages"].values()):
+        lines += ["", "bits/dim over each knowledge type's present examples: prior = p(t), cond = p(t|e=1,c) "
+                      "at one c ~ p(c|e=1,t) (Appendix C),", "iwS = importance-weighted bound on "
+                      "p(t|e=1) with S codes; accuracies over all examples: enc = p(e|t), dec clf = "
+                      "the decoder by Bayes' rule,", "dec|e = p(e|c) at a code drawn knowing e"]
     return "\n".join(lines)
 
 
@@ -300,7 +377,7 @@ def read_report(spec: GraphSpec, split: str | None = None) -> dict[str, Any] | N
 
 
 def evaluate_run(spec: GraphSpec, *, split: str = "test", examples: int | None = None,
-                 batch_size: int = 256, seed: int = 0, progress: bool = True,
+                 batch_size: int = 256, seed: int = 0, progress: bool = True, iw_samples: int = 16,
                  say: Callable[[str], None] = print) -> dict[str, Any]:
     """Loads the run's checkpoint, evaluates ``split``, prints the table and writes ``eval-<split>.json``.
 
@@ -315,7 +392,7 @@ def evaluate_run(spec: GraphSpec, *, split: str = "test", examples: int | None =
     report = {"graph": spec.name, "split": split, "step": int(state["step"]),
               "finished": bool(state["finished"]), "checkpoint": str(run_directory(spec) / "checkpoint.pt")}
     report.update(evaluate(model, data, examples=examples, batch_size=batch_size, seed=seed,
-                           progress=progress))
+                           progress=progress, iw_samples=iw_samples))
     path = write_report(report, run_directory(spec) / f"eval-{split}.json")
     say(format_report(report))
     say(f"written to {path}")
