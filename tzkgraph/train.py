@@ -20,6 +20,7 @@ from .distributed import setup
 from .errors import TzkError
 from .executor import GraphExecutor, plan_phase
 from .model import TzKGraph, load_matching
+from .run_status import RunStatus, StopSignals
 from .sampling import write_sample_grids
 from .spec_types import GraphSpec, canonical_json
 
@@ -36,6 +37,8 @@ class RunResult:
     history: list[dict[str, Any]] = field(default_factory=list)  # the metric lines logged now
     caches_built: list[str] = field(default_factory=list)
     trained_parts: list[str] = field(default_factory=list)
+    stopped_by: str | None = None  # the signal that stopped the run (a checkpoint was written)
+    skipped_steps: int = 0  # steps whose gradient was not finite, not applied
 
 
 def pick_device(name: str) -> torch.device:
@@ -51,6 +54,51 @@ def pick_device(name: str) -> torch.device:
 def graph_identity(spec_dict: dict[str, Any]) -> str:
     """The parts of a spec that define the model and its data (not training settings)."""
     return canonical_json({k: v for k, v in spec_dict.items() if k != "train"})
+
+
+def _finite_line(line: dict[str, Any]) -> dict[str, Any]:
+    """A metric line with non-finite values as ``None`` (JSON has no NaN)."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in line.items()}
+
+
+class _GradientClip:
+    """Clips the global gradient norm at ``factor`` times its running mean, on the device.
+
+    Scale-free (a stage's loss is in nats per example, so gradient norms run to thousands
+    and differ from graph to graph): only outliers are cut. The mean is an exponential
+    average (over about 100 steps) of the norms after clipping, started at the first
+    step's; a non-finite norm leaves it alone (that step is skipped, see ``run``). It is
+    kept in checkpoints, so a resumed run clips as an uninterrupted one.
+
+    Arguments:
+        factor: the multiple (0: no clipping).
+        mean: the running mean to continue from, if any.
+    """
+
+    def __init__(self, factor: float, mean: torch.Tensor | None = None):
+        self.factor, self.mean = factor, mean
+        self.clipped: torch.Tensor | None = None  # steps clipped since the last read
+
+    def __call__(self, grads: list[torch.Tensor], norm: torch.Tensor) -> None:
+        if not self.factor:
+            return
+        finite = torch.isfinite(norm)
+        if self.mean is None:
+            self.mean = torch.where(finite, norm, torch.zeros_like(norm)).detach()
+        first = self.mean == 0
+        coef = torch.where(first | ~finite, torch.ones_like(norm),
+                           (self.factor * self.mean / (norm + 1e-12)).clamp(max=1.0))
+        torch._foreach_mul_(grads, coef)
+        kept = torch.where(first, norm, 0.99 * self.mean + 0.01 * norm * coef)
+        self.mean = torch.where(finite, kept, self.mean).detach()
+        cut = (coef < 1).to(torch.float32)
+        self.clipped = cut if self.clipped is None else self.clipped + cut
+
+    def read(self) -> int:
+        """Steps clipped since the last read (a host sync; call at log lines)."""
+        n = 0 if self.clipped is None else int(self.clipped.item())
+        self.clipped = None
+        return n
 
 
 def _warmup(steps: int) -> Callable[[int], float]:
@@ -235,95 +283,150 @@ def run(spec: GraphSpec, *, resume: bool = False, fresh: bool = False, progress:
             "optimizer": optimizer.state_dict() if optimizer else None,
             "scheduler": scheduler.state_dict() if scheduler else None,
             "phase": phase_index, "phase_step": phase_step, "step": step, "finished": finished,
-            "online": online, "rng": rng_state(generator)})
+            "online": online, "rng": rng_state(generator),
+            "clip_mean": clip.mean.cpu() if optimizer and clip.mean is not None else None})
         (run_dir / "graph.json").write_text(json.dumps(spec.to_dict(), indent=1))
 
+    status = RunStatus(run_dir, enabled=job.is_main)
+    signals = StopSignals()
+    phase_name = train.phases[min(phase_index, len(train.phases) - 1)].name
+
+    def stop(state: str, reason: str | None = None) -> None:
+        status.write(state, step, phase_name, reason)
+
     try:
-        while phase_index < len(train.phases):
-            phase = train.phases[phase_index]
-            trainable = spec.trainable(phase)
-            if online is not None:
-                trainable = trainable & frozenset(online)
-            if not trainable:
-                say(f"phase {phase.name}: nothing new to train, skipped")
-                phase_index, phase_step = phase_index + 1, 0
-                continue
-            params = model.set_trainable(trainable)  # and frozen parts in eval mode
-            plan = plan_phase(spec, trainable)
-            executor = GraphExecutor(model, data, plan, train.cache_dir, progress=progress)
-            result.caches_built += executor.caches_built
-            result.trained_parts = sorted(set(result.trained_parts) | trainable)
-            # fused: one kernel over all tensors instead of one loop per tensor (about 5x faster on CPU)
-            optimizer = torch.optim.Adam(params, lr=train.lr, fused=True)
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup(train.warmup))
-            if state is not None and state.get("optimizer") and state["phase"] == phase_index:
-                optimizer.load_state_dict(state["optimizer"])
-                scheduler.load_state_dict(state["scheduler"])
-            objective: torch.nn.Module = _Objective(executor)
-            if job.enabled:
-                objective = DistributedDataParallel(
-                    objective, device_ids=[device.index] if device.type == "cuda" else None)
-            # the first step runs eagerly: ActNorm's data-dependent initialisation is host logic
-            compiled = objective
-            if train.compile:
-                # a graph the compiler cannot build runs eagerly (with torch's warning) instead of
-                # stopping the run: seen once, a Triton failure on an H100 (torch 2.11, Triton 3.6)
-                torch._dynamo.config.suppress_errors = True
-                compiled = torch.compile(objective, mode=None if train.compile is True else train.compile)
-            loss_fn = objective
-            bar = tqdm(total=phase.steps, initial=phase_step, desc=f"{spec.name}/{phase.name}",
-                       unit="step", disable=not progress, dynamic_ncols=True)
-            clock = _Throughput(train.batch_size)
-            while phase_step < phase.steps:
-                # the global batch, drawn alike on every process; each takes its share
-                index = torch.randint(len(data), (train.batch_size,), device=device, generator=generator)
-                index = index.view(job.world_size, -1)[job.rank]
-                modes = executor.draw_modes()
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    loss, metrics = loss_fn(index, step, modes)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                step, phase_step = step + 1, phase_step + 1
-                loss_fn = compiled
-                clock.step()
-                bar.update(1)
-                last = phase_step == phase.steps
-                if step % train.log_every == 0 or last:
-                    line = {"step": step, "phase": phase.name, "lr": scheduler.get_last_lr()[0]}
-                    names = sorted(metrics)
-                    values = job.mean(torch.stack([metrics[k].float() for k in names])).tolist()
-                    line.update(zip(names, values))
-                    line.update(clock.read())  # after .tolist(): the device has caught up
-                    if not all(math.isfinite(v) for v in line.values() if isinstance(v, float)):
-                        raise TzkError(f"step {step} (phase {phase.name}): the loss became NaN/Inf; "
-                                       f"stopped, the last good checkpoint {ckpt_path} is kept "
-                                       "(try a lower train.lr or a longer train.warmup)")
-                    log.write(line)
-                    bar.set_postfix(loss=f"{line['loss']:.4g}", images_per_s=f"{line['images_per_s']:.0f}")
-                stopping = stop_after is not None and step >= stop_after
-                if last:  # the next phase starts with a new optimizer
+        with signals.active():
+            stop("running")
+            while phase_index < len(train.phases):
+                phase = train.phases[phase_index]
+                phase_name = phase.name
+                trainable = spec.trainable(phase)
+                if online is not None:
+                    trainable = trainable & frozenset(online)
+                if not trainable:
+                    say(f"phase {phase.name}: nothing new to train, skipped")
                     phase_index, phase_step = phase_index + 1, 0
-                with clock.excluded():
+                    continue
+                params = model.set_trainable(trainable)  # and frozen parts in eval mode
+                plan = plan_phase(spec, trainable)
+                executor = GraphExecutor(model, data, plan, train.cache_dir, progress=progress)
+                result.caches_built += executor.caches_built
+                result.trained_parts = sorted(set(result.trained_parts) | trainable)
+                # fused: one kernel over all tensors instead of one loop per tensor (about 5x faster
+                # on CPU); and it skips, on the device, a step whose gradient is not finite (found_inf)
+                optimizer = torch.optim.Adam(params, lr=train.lr, fused=True)
+                scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup(train.warmup))
+                clip = _GradientClip(train.clip_grad)
+                if state is not None and state.get("optimizer") and state["phase"] == phase_index:
+                    optimizer.load_state_dict(state["optimizer"])
+                    scheduler.load_state_dict(state["scheduler"])
+                    if state.get("clip_mean") is not None:
+                        clip.mean = state["clip_mean"].to(device)
+                objective: torch.nn.Module = _Objective(executor)
+                if job.enabled:
+                    objective = DistributedDataParallel(
+                        objective, device_ids=[device.index] if device.type == "cuda" else None)
+                # the first step runs eagerly: ActNorm's data-dependent initialisation is host logic
+                compiled = objective
+                if train.compile:
+                    # a graph the compiler cannot build runs eagerly (with torch's warning) instead of
+                    # stopping the run: seen once, a Triton failure on an H100 (torch 2.11, Triton 3.6)
+                    torch._dynamo.config.suppress_errors = True
+                    compiled = torch.compile(objective, mode=None if train.compile is True else train.compile)
+                loss_fn = objective
+                bar = tqdm(total=phase.steps, initial=phase_step, desc=f"{spec.name}/{phase.name}",
+                           unit="step", disable=not progress, dynamic_ncols=True)
+                clock = _Throughput(train.batch_size)
+                skipped = torch.zeros((), device=device)  # non-finite steps since the last log line
+                since_log = 0
+                while phase_step < phase.steps:
+                    # the global batch, drawn alike on every process; each takes its share
+                    index = torch.randint(len(data), (train.batch_size,), device=device, generator=generator)
+                    index = index.view(job.world_size, -1)[job.rank]
+                    modes = executor.draw_modes()
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                        loss, metrics = loss_fn(index, step, modes)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    # An outlier batch whose gradient overflows is skipped, not applied: the
+                    # weights stay finite, and the host learns of it at the next log line.
+                    grads = [p.grad for p in params if p.grad is not None]
+                    norm = torch.nn.utils.get_total_norm(grads)
+                    clip(grads, norm)
+                    optimizer.found_inf = (~torch.isfinite(norm)).to(torch.float32)
+                    skipped = skipped + optimizer.found_inf
+                    optimizer.step()
+                    scheduler.step()
+                    step, phase_step, since_log = step + 1, phase_step + 1, since_log + 1
+                    loss_fn = compiled
+                    clock.step()
+                    bar.update(1)
+                    last = phase_step == phase.steps
+                    if step % train.log_every == 0 or last:
+                        line = {"step": step, "phase": phase.name, "lr": scheduler.get_last_lr()[0]}
+                        names = sorted(metrics)
+                        values = job.mean(torch.stack([metrics[k].float() for k in names] + [skipped]))
+                        *values, n_skipped = values.tolist()
+                        line.update(zip(names, values))
+                        line["skipped_steps"] = int(round(n_skipped))
+                        line["clipped_steps"] = clip.read()
+                        if clip.mean is not None:
+                            line["grad_norm_mean"] = float(clip.mean)
+                        line.update(clock.read())  # after .tolist(): the device has caught up
+                        result.skipped_steps += line["skipped_steps"]
+                        if line["skipped_steps"] >= since_log:
+                            raise TzkError(f"step {step} (phase {phase.name}): the loss became NaN/Inf at "
+                                           f"every step since step {step - since_log}; stopped, the last "
+                                           f"good checkpoint {ckpt_path} is kept "
+                                           "(try a lower train.lr or a longer train.warmup)")
+                        log.write(_finite_line(line))
+                        skipped, since_log = torch.zeros((), device=device), 0
+                        if line.get("loss") is not None:
+                            bar.set_postfix(loss=f"{line['loss']:.4g}",
+                                            images_per_s=f"{line['images_per_s']:.0f}")
+                        stop("running")
+                    stopping = stop_after is not None and step >= stop_after
+                    signalled = signals.received is not None and not job.enabled
+                    if last:  # the next phase starts with a new optimizer
+                        phase_index, phase_step = phase_index + 1, 0
+                    with clock.excluded():
+                        if last:
+                            checkpoint(None, None, finished=phase_index == len(train.phases))
+                        elif stopping or signalled or (train.checkpoint_every
+                                                       and step % train.checkpoint_every == 0):
+                            checkpoint(optimizer, scheduler, finished=False)
+                        if job.is_main and train.sample_every and not signalled and (
+                                step % train.sample_every == 0 or (last and phase_index == len(train.phases))):
+                            write_sample_grids(model, spec, run_dir, step)  # pictures of progress; RNG untouched
+                    if signalled and phase_index < len(train.phases):
+                        bar.close()
+                        stop("stopped", f"{signals.received} received: checkpoint written at step {step}")
+                        say(f"stopped by {signals.received} at step {step}, checkpoint {ckpt_path}; "
+                            "continue with --resume")
+                        result.step, result.history, result.stopped_by = step, log.history, signals.received
+                        return result
+                    if stopping:
+                        bar.close()
+                        stop("stopped", f"--stop-after {stop_after}")
+                        say(f"stopped at step {step}; continue with --resume")
+                        result.step, result.history = step, log.history
+                        return result
                     if last:
-                        checkpoint(None, None, finished=phase_index == len(train.phases))
-                    elif stopping or (train.checkpoint_every and step % train.checkpoint_every == 0):
-                        checkpoint(optimizer, scheduler, finished=False)
-                    if job.is_main and train.sample_every and (
-                            step % train.sample_every == 0 or (last and phase_index == len(train.phases))):
-                        write_sample_grids(model, spec, run_dir, step)  # pictures of progress; RNG untouched
-                if stopping:
-                    bar.close()
-                    say(f"stopped at step {step}; continue with --resume")
-                    result.step, result.history = step, log.history
-                    return result
-                if last:
-                    break
-            bar.close()
-            state = None
+                        break
+                bar.close()
+                state = None
+    except TzkError as error:
+        stop("failed", str(error))
+        raise
+    except KeyboardInterrupt:
+        stop("failed", f"interrupted at step {step} (a second Ctrl-C): no checkpoint of this step")
+        raise
+    except BaseException as error:
+        stop("failed", f"{type(error).__name__}: {error}")
+        raise
     finally:
         log.close()
+    stop("finished")
     result.step, result.finished, result.history = step, True, log.history
     say(f"done: {step} steps; checkpoint {ckpt_path}, metrics {log.path}")
     return result
