@@ -146,6 +146,15 @@ def test_sample_down_a_path_writes_a_grid(trained_tiny, tmp_path, capsys):
     assert png_size(out) == (grid_side(8), grid_side(8))
 
 
+def test_sample_a_group_as_one_grid_with_a_row_per_member(trained_tiny, tmp_path, capsys):
+    from PIL import Image
+
+    out = tmp_path / "digits.png"
+    assert main(["sample", *trained_tiny.args(), "--path", "digits/0..4", "-n", "3", "-o", str(out)]) == 0
+    width, height = Image.open(out).size
+    assert (width, height) == (2 + 3 * 34, 2 + 5 * 34)  # 3 columns, 5 rows of 32×32 with 2 px padding
+
+
 def test_sample_bad_input_is_one_line(trained_tiny, tmp_path, capsys):
     out = tmp_path / "x.png"
     assert main(["sample", *trained_tiny.args(), "--path", "digits/7", "-o", str(out)]) == 2

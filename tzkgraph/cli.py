@@ -62,8 +62,9 @@ def _use_commands(commands: argparse._SubParsersAction) -> None:
                                         "graph to images (a child stage continues down its first parent). "
                                         "Without --path: every image stage's prior.")
     _graph_arguments(p)
-    p.add_argument("--path", help="STAGE/KNOWLEDGE (e.g. digits/7) or STAGE (its prior)")
-    p.add_argument("-n", type=int, default=64, help="number of samples (default: 64)")
+    p.add_argument("--path", help="STAGE/KNOWLEDGE (e.g. digits/7), STAGE (its prior), or "
+                                   "STAGE/GROUP (e.g. digits/0..9: a row per member)")
+    p.add_argument("-n", type=int, default=64, help="number of samples, per row for a group (default: 64)")
     p.add_argument("--temperature", type=float, default=0.7, help="scales every Gaussian base (default: 0.7)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("-o", "--output", required=True, help="the grid picture (.png, .jpg)")

@@ -17,7 +17,7 @@ from .evaluate import seeded, write_atomically
 from .model import TzKGraph
 from .spec_types import GraphSpec
 
-__all__ = ["IMAGE_SUFFIXES", "valid_paths", "parse_path", "descend", "sample_path", "interpolate",
+__all__ = ["IMAGE_SUFFIXES", "valid_paths", "group_members", "parse_path", "descend", "sample_path", "interpolate",
            "check_output", "save_grid", "write_sample_grids", "sample_to_files",
            "interpolate_to_file"]
 
@@ -25,9 +25,20 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def valid_paths(spec: GraphSpec) -> list[str]:
-    """Every ``--path``: ``STAGE`` (its prior ``p(t)``) and ``STAGE/KNOWLEDGE``, in topological order."""
+    """Every ``--path``: ``STAGE`` (its prior ``p(t)``), ``STAGE/KNOWLEDGE`` and ``STAGE/GROUP``
+    (one row per member), in topological order."""
     return [path for name in spec.order
-            for path in [name] + [f"{name}/{k}" for k in spec.stage(name).knowledge_names]]
+            for path in [name] + [f"{name}/{k}" for k in spec.stage(name).knowledge_names]
+            + [f"{name}/{g}" for g in spec.stage(name).groups if g not in spec.stage(name).knowledge_names]]
+
+
+def group_members(spec: GraphSpec, path: str) -> list[str] | None:
+    """``digits/0..9`` → ``["digits/0", …, "digits/9"]``; ``None`` if ``path`` names no group."""
+    stage, _, group = path.partition("/")
+    members = spec.stage(stage).groups.get(group) if group else None
+    if members is None or group in spec.stage(stage).knowledge_names:
+        return None
+    return [f"{stage}/{k}" for k in members]
 
 
 def parse_path(spec: GraphSpec, path: str) -> tuple[str, str | None]:
@@ -166,6 +177,8 @@ def write_sample_grids(model: TzKGraph, spec: GraphSpec, run_dir: str | os.PathL
         device = next(model.parameters()).device
         model.eval()
         for path in valid_paths(spec):
+            if group_members(spec, path) is not None:  # its members have grids of their own
+                continue
             stage, knowledge = path.partition("/")[::2]
             out = folder / f"step-{step}-{stage}-{knowledge or 'prior'}.png"
             try:
@@ -192,9 +205,10 @@ def sample_to_files(spec: GraphSpec, output: str | os.PathLike, path: str | None
         spec: the graph.
         output: the picture; without ``path`` and with several roots, one
             picture per root, named ``<stem>-<root><suffix>``.
-        path: ``STAGE/KNOWLEDGE`` or ``STAGE`` (see :func:`sample_path`);
+        path: ``STAGE/KNOWLEDGE`` or ``STAGE`` (see :func:`sample_path`), or
+            ``STAGE/GROUP`` (one row of ``n`` per member, e.g. ``digits/0..9``);
             ``None`` samples every root stage's prior.
-        n: samples per grid.
+        n: samples per grid (per row for a group).
         temperature: scales every Gaussian base's standard deviation.
         seed: seeds the draw.
 
@@ -219,9 +233,13 @@ def sample_to_files(spec: GraphSpec, output: str | os.PathLike, path: str | None
     model, _ = load_trained(spec, device)
     written = []
     for job_path, job_output in jobs:
+        members = group_members(spec, job_path)
         with seeded(seed, device):
-            images = sample_path(model, spec, job_path, n, temperature)
-        written.append(save_grid(images, job_output))
+            if members is None:
+                written.append(save_grid(sample_path(model, spec, job_path, n, temperature), job_output))
+            else:
+                rows = [sample_path(model, spec, member, n, temperature) for member in members]
+                written.append(save_grid(torch.cat(rows), job_output, nrow=n))
     return written
 
 

@@ -1,0 +1,29 @@
+"""Behaviour with numbers: a small digit graph, trained for about a minute on 2 CPU cores,
+classifies held-out MNIST digits far above chance, and its conditionals beat its prior."""
+
+from __future__ import annotations
+
+import torch
+
+from tzkgraph.dataset import load_graph_data
+from tzkgraph.evaluate import evaluate, load_trained
+from tzkgraph.spec import load_spec
+from tzkgraph.train import run
+
+GRAPH = "tests/fixtures/graphs/digits_quick.yaml"
+
+
+def test_a_minute_of_training_classifies_held_out_digits(tmp_path):
+    spec = load_spec(GRAPH, [f"train.out_dir={tmp_path / 'runs'}", f"train.cache_dir={tmp_path / 'cache'}"])
+    result = run(spec, progress=False, say=lambda _: None)
+    assert result.finished and result.skipped_steps == 0
+    model, _ = load_trained(spec)
+    test = load_graph_data(spec.data, "test")  # the first 1000 test images, never trained on
+    report = evaluate(model, test, progress=False, iw_samples=2)["stages"]["images"]
+    # Measured (seed 0, 1000 training images, 20 + 150 steps): argmax accuracy 0.825 over the
+    # ten digits (chance 0.1); the decoder classifier 0.61; per digit, the conditional
+    # 5.2-6.6 bits/dim against the prior's 7.9-8.2 on the same images.
+    assert report["groups"]["0..9"]["argmax_accuracy"] >= 0.65
+    assert report["groups"]["0..9"]["decoder_argmax_accuracy"] >= 0.3
+    for digit, figures in report["knowledge"].items():
+        assert figures["iw_bits_per_dim"] < figures["prior_bits_per_dim"] - 0.5, digit
