@@ -97,6 +97,7 @@ def test_eval_prints_a_table_and_writes_json(trained_tiny, capsys):
     group = digits["groups"]["0..4"]
     assert group["exclusive"] and group["examples"] == int((labels < 5).sum())
     assert 0 <= group["argmax_accuracy"] <= 1 and 0 <= group["decoder_argmax_accuracy"] <= 1
+    assert 0 <= group["marginal_argmax_accuracy"] <= 1 and group["code_samples"] == 16  # a child stage
     for d in range(5):
         assert digits["knowledge"][str(d)]["present"] == int((labels == d).sum())
 
