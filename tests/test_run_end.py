@@ -55,6 +55,20 @@ def test_a_failed_run_leaves_its_reason(tmp_path):
     assert status["state"] == "failed" and "NaN/Inf" in status["reason"]
 
 
+def test_missing_data_is_recorded(tmp_path, monkeypatch):
+    from tzkgraph import train
+    from tzkgraph.errors import DataError
+
+    def missing(*args, **kwargs):
+        raise DataError("mnist: not found under /nowhere (simulated)")
+
+    monkeypatch.setattr(train, "load_graph_data", missing)
+    with pytest.raises(TzkError):
+        run(tiny(tmp_path), progress=False, say=lambda _: None)
+    status = _status(tmp_path)
+    assert status["state"] == "failed" and status["reason"] == "mnist: not found under /nowhere (simulated)"
+
+
 def test_an_unexpected_error_is_recorded_too(tmp_path, monkeypatch):
     def boom(loss):
         raise RuntimeError("out of memory (simulated)")

@@ -262,7 +262,11 @@ def run(spec: GraphSpec, *, resume: bool = False, fresh: bool = False, progress:
         model.load_state_dict(state["model"])
         if not state.get("new_run"):
             set_rng_state(state["rng"], generator)
-    data = load_graph_data(spec.data, "train", device=device)
+    try:
+        data = load_graph_data(spec.data, "train", device=device)
+    except TzkError as error:  # the data is missing: say so where the run would have been
+        RunStatus(run_dir, enabled=job.is_main).write("failed", step, None, str(error))
+        raise
     if job.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
     log = _Log(run_dir, step if state is not None else None, enabled=job.is_main)
