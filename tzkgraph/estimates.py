@@ -25,7 +25,8 @@ __all__ = ["decoder_log_density", "decoder_log_odds"]
 
 
 def decoder_log_density(stage: TzKStage, name: str, t: Tensor, z: Tensor, logdet: Tensor, e: int,
-                        samples: int = 16, discriminator: bool = False) -> Tensor:
+                        samples: int = 16, discriminator: bool = False,
+                        posterior: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """An importance-weighted lower bound on a decoder density of ``t``, ``(B,)`` nats.
 
     Arguments:
@@ -37,12 +38,13 @@ def decoder_log_density(stage: TzKStage, name: str, t: Tensor, z: Tensor, logdet
             ``tzkgraph sample`` draws from (``c ~ p(c)``, then ``t ~ p(t | e, c)``);
             ``True``: ``log ∫ p(t | e, c) p(e | c) p(c) dc = log p_dec(t, e)``, the
             decoder's joint of ``t`` and ``e``.
+        posterior: ``(μ, log σ)`` of ``p(c | e, t)`` if already computed (else from ``t``).
 
     The code densities are compared in ``f_c``'s base space, where the proposal is a
     Gaussian; ``f_c``'s log-determinant is common to ``p(c)`` and ``p(c | e, t)`` and cancels.
     """
     kn = stage.knowledge[name]
-    mean, log_std = kn.encoder_posterior[e](t)  # (B, C)
+    mean, log_std = kn.encoder_posterior[e](t) if posterior is None else posterior  # (B, C)
     batch, dim = mean.shape
     u = mean + log_std.exp() * torch.randn(samples, batch, dim, device=mean.device, dtype=mean.dtype)
     log_w = gaussian_log_prob(u, event_dims=1) - gaussian_log_prob(u, mean, log_std, event_dims=1)  # (S, B)
@@ -57,11 +59,13 @@ def decoder_log_density(stage: TzKStage, name: str, t: Tensor, z: Tensor, logdet
 
 
 def decoder_log_odds(stage: TzKStage, name: str, t: Tensor, z: Tensor, logdet: Tensor,
-                     samples: int = 16) -> Tensor:
+                     samples: int = 16, posteriors: list[tuple[Tensor, Tensor]] | None = None) -> Tensor:
     """``log p_dec(t, e=1) − log p_dec(t, e=0)``, ``(B,)``: the decoder as a classifier.
 
     Bayes' rule on the decoder's joint, with no look at the label (unlike the
     ``decoder_accuracy_given_e`` of training, whose code is drawn knowing ``e``).
+    ``posteriors``: ``p(c | e, t)``'s ``(μ, log σ)`` for ``e = 0, 1``, if already computed.
     """
-    lp = [decoder_log_density(stage, name, t, z, logdet, e, samples, discriminator=True) for e in (0, 1)]
+    lp = [decoder_log_density(stage, name, t, z, logdet, e, samples, discriminator=True,
+                              posterior=None if posteriors is None else posteriors[e]) for e in (0, 1)]
     return lp[1] - lp[0]

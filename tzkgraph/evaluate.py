@@ -121,6 +121,7 @@ class _Pass:
         self.model, self.spec, self.data = model, model.spec, data
         self.iw_samples, self.code_samples = iw_samples, code_samples
         self.observed_refs = {ref for s in self.spec.stages for ref in s.parents}  # (stage, knowledge)
+        self.posteriors: dict[tuple[str, str], tuple[Tensor, tuple[Tensor, Tensor]]] = {}  # this batch's
         self.present = {s.name: _present(data, s) for s in self.spec.stages}  # stage -> (N, K) bool
         self.sums: dict[str, defaultdict[str, float]] = {s: defaultdict(float) for s in self.spec.order}
 
@@ -158,9 +159,8 @@ class _Pass:
             wanted = [k for k in spec.knowledge_names if (name, k) in self.observed_refs]
             draws[name] = {}
             if spec.is_root:
-                t = self.data.observations(index, fixed=True)
                 for k in wanted:
-                    mean, log_std = stage.knowledge[k].encoder_posterior[1](t)
+                    _, (mean, log_std) = self.posteriors[name, k]  # a root's mask is every row
                     u = mean + log_std.exp() * torch.randn(n_draws, *mean.shape, device=mean.device)
                     draws[name][k] = stage.knowledge[k].code_flow.inverse(u.flatten(0, 1)).view(u.shape)
                 continue
@@ -205,14 +205,18 @@ class _Pass:
         odds = {}  # the decoder classifier's log p_dec(t, e=1) − log p_dec(t, e=0), (n,)
         for i, k in enumerate(stage.names):
             kn, present = stage.knowledge[k], e[:, i]
-            c = stage.encode(k, t)  # c ~ p(c | e=1, t) (Appendix C)
+            posterior = [kn.encoder_posterior[v](t) for v in (0, 1)]  # once: the nets may be convolutional
+            if (name, k) in self.observed_refs:
+                self.posteriors[name, k] = (mask, posterior[1])  # for _marginal
+            c = stage.draw_code(k, *posterior[1])  # c ~ p(c | e=1, t) (Appendix C)
             codes[k][mask] = c.float()
             mean, log_std = kn.decoder[1](c)
             log_p = gaussian_log_prob(z, mean, log_std) + logdet  # log p(t | e=1, c)
             rows = present.nonzero().flatten()
-            iw = decoder_log_density(stage, k, t[rows], z[rows], logdet[rows], 1, self.iw_samples) \
+            iw = decoder_log_density(stage, k, t[rows], z[rows], logdet[rows], 1, self.iw_samples,
+                                     posterior=tuple(x[rows] for x in posterior[1])) \
                 if len(rows) else z.new_zeros(0)
-            odds[k] = decoder_log_odds(stage, k, t, z, logdet, self.iw_samples)
+            odds[k] = decoder_log_odds(stage, k, t, z, logdet, self.iw_samples, posteriors=posterior)
             says = odds[k] > 0
             sums[f"{k}/present"] += float(present.sum())
             sums[f"{k}/log_p"] += float(log_p[present].sum())

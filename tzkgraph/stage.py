@@ -256,9 +256,9 @@ class TzKStage(nn.Module):
 
     def encode(self, name: str, t: Tensor, e: int = 1, temperature: float = 1.0) -> Tensor:
         """Draws ``c ~ p(c | e, t)`` (reparameterised), ``(B, C)``."""
-        return self._draw_code(name, *self.knowledge[name].encoder_posterior[e](t), temperature)
+        return self.draw_code(name, *self.knowledge[name].encoder_posterior[e](t), temperature)
 
-    def _draw_code(self, name: str, mean: Tensor, log_std: Tensor, temperature: float = 1.0) -> Tensor:
+    def draw_code(self, name: str, mean: Tensor, log_std: Tensor, temperature: float = 1.0) -> Tensor:
         """``f_c⁻¹(μ + temperature·σ·ε)``, ``ε ~ N(0, I)``."""
         noise = torch.randn_like(mean)
         return self.knowledge[name].code_flow.inverse(mean + temperature * log_std.exp() * noise)
@@ -395,7 +395,7 @@ class TzKStage(nn.Module):
         codes = {}
         for name in emit_codes:
             mu, log_sigma = posteriors.get(name) or self.knowledge[name].encoder_posterior[1](t)
-            codes[name] = self._draw_code(name, mu, log_sigma)
+            codes[name] = self.draw_code(name, mu, log_sigma)
         log_p_dec = log_p_knowledge - (len(names) - 1) * log_p_t
         objective = -0.5 * per_example(log_p_enc + (log_p_knowledge if cut else log_p_dec))
         bound = -0.5 * per_example(log_p_enc.detach() + log_p_dec.detach())
