@@ -1,4 +1,4 @@
-"""Behaviour with numbers: a small digit graph, trained for about a minute on 2 CPU cores,
+"""Behaviour with numbers: a small digit graph, trained in a minute or two on a CPU (170 steps),
 classifies held-out MNIST digits far above chance, and its conditionals beat its prior."""
 
 from __future__ import annotations
