@@ -88,7 +88,13 @@ def test_a_signal_stops_with_a_checkpoint_that_resumes(tmp_path, monkeypatch, ca
         return loss
 
     _at_step(monkeypatch, 14, send)
-    code = cli.main(["run", *tiny_args(tmp_path), "--no-progress"])
+    # a background job (CI's) may start with SIGINT ignored, which a run rightly leaves ignored:
+    # give the signal its usual handler for this test
+    previous = signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+    try:
+        code = cli.main(["run", *tiny_args(tmp_path), "--no-progress"])
+    finally:
+        signal.signal(signum, previous)
     assert code == 128 + signum
     out = capsys.readouterr().out
     assert f"stopped by {signal.Signals(signum).name} at step 14" in out
@@ -99,6 +105,22 @@ def test_a_signal_stops_with_a_checkpoint_that_resumes(tmp_path, monkeypatch, ca
     monkeypatch.undo()
     assert cli.main(["run", *tiny_args(tmp_path), "--no-progress", "--resume"]) == 0
     assert _status(tmp_path)["state"] == "finished"
+
+
+def test_an_ignored_signal_stays_ignored(tmp_path, monkeypatch):
+    """Under nohup SIGHUP is ignored when the run starts: the run does not start listening to it."""
+    def send(loss):
+        os.kill(os.getpid(), signal.SIGHUP)
+        return loss
+
+    _at_step(monkeypatch, 14, send)
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        result = run(tiny(tmp_path), progress=False, say=lambda _: None)
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    assert result.finished and result.stopped_by is None
 
 
 def tiny_args(tmp_path) -> list[str]:
