@@ -85,6 +85,15 @@ def _ratio(num: float, den: float) -> float | None:
     return num / den if den > 0 else None
 
 
+def _group_right(scores: Tensor, e: Tensor, exclusive: bool, threshold: float) -> Tensor:
+    """``(n,)`` bool: a group's decision is right — the argmax member is the present one
+    (exclusive groups, examples with exactly one member present), or every member's
+    ``score > threshold`` matches its ``e`` (bit groups). ``scores``, ``e``: ``(n, |group|)``."""
+    if exclusive:
+        return (scores.argmax(1) == e.float().argmax(1)) & (e.sum(1) == 1)
+    return ((scores > threshold) == e).all(1)
+
+
 def _bpd(dims: int, bits: int | None):
     """nll (nats, or ``None``) ↦ bits/dim (or ``None``)."""
     return lambda nll: None if nll is None else float(bits_per_dim(nll, dims, bits))
@@ -174,11 +183,7 @@ class _Pass:
             exclusive = self.spec.exclusive_groups(name)
             for group, members in spec.groups.items():
                 cols = [stage.names.index(k) for k in members]
-                if group in exclusive:
-                    one = e[:, cols].sum(1) == 1
-                    right = (probs[:, cols].argmax(1) == e[:, cols].float().argmax(1)) & one
-                else:
-                    right = ((probs[:, cols] > 0.5) == e[:, cols]).all(1)
+                right = _group_right(probs[:, cols], e[:, cols], group in exclusive, 0.5)
                 self.sums[name][f"group {group}/marginal_correct"] += float(right.sum())
             for k in wanted:
                 code = stage.encode(k, flat).view(n_draws, len(rows), -1)
@@ -234,19 +239,10 @@ class _Pass:
         for group, members in self.spec.stage(name).groups.items():
             cols = [stage.names.index(k) for k in members]
             decoder = torch.stack([odds[k] for k in members], 1)  # (n, |group|)
-            if group in exclusive:
-                one = e[:, cols].sum(1) == 1
-                truth = e[:, cols].float().argmax(1)
-                right = probs[:, cols].argmax(1) == truth
-                decoder_right = decoder.argmax(1) == truth
-                sums[f"group {group}/examples"] += float(one.sum())
-            else:
-                one = torch.ones_like(e[:, 0])
-                right = (said[:, cols] == e[:, cols]).all(1)
-                decoder_right = ((decoder > 0) == e[:, cols]).all(1)
-                sums[f"group {group}/examples"] += n
-            sums[f"group {group}/correct"] += float((right & one).sum())
-            sums[f"group {group}/decoder_correct"] += float((decoder_right & one).sum())
+            only = group in exclusive
+            sums[f"group {group}/examples"] += float((e[:, cols].sum(1) == 1).sum()) if only else n
+            sums[f"group {group}/correct"] += float(_group_right(probs[:, cols], e[:, cols], only, 0.5).sum())
+            sums[f"group {group}/decoder_correct"] += float(_group_right(decoder, e[:, cols], only, 0.0).sum())
         return codes
 
     def report(self) -> dict[str, Any]:
