@@ -126,6 +126,8 @@ BAD_GRAPHS = {
     "labelled_zero": ("data.labelled", "expected an integer >= 1, got 0"),
     "negative_clip_grad": ("train.clip_grad", "expected a number >= 0, got -1"),
     "exact_gradient_not_bool": ("stages.digits.exact_gradient", "expected true or false, got 'maybe'"),
+    "unknown_objective": ("stages.digits.objective", "unknown objective 'papper'; did you mean 'paper'?"),
+    "root_edge_gradient": ("stages.images.edge_gradient", "a root stage observes data: it has no parent codes to differentiate into"),
     "volume_preserving_not_bool": ("stages.digits.code_flow.volume_preserving", "expected true or false, got 2"),
     "bad_device": ("train.device", "expected auto, cpu, cuda, cuda:N or mps, got 'gpu'"),
     "bad_permutation": ("stages.digits.flow.permutation", "unknown permutation 'lu2'; did you mean 'lu'?"),

@@ -25,7 +25,8 @@ def build_stage(spec: GraphSpec, name: str) -> TzKStage:
     return TzKStage(spec.t_shape(name), knowledge, levels=stage.flow.levels or 1,
                     steps=stage.flow.steps, hidden=stage.flow.hidden,
                     permutation=stage.flow.permutation, activation=stage.flow.activation or "swish",
-                    net_hidden=stage.nets.hidden, exact_gradient=stage.exact_gradient)
+                    net_hidden=stage.nets.hidden, exact_gradient=stage.exact_gradient,
+                    objective=stage.objective)
 
 
 class TzKGraph(nn.Module):

@@ -27,7 +27,7 @@ __all__ = [
 
 TOP_KEYS = ("name", "seed", "data", "stages", "train")
 DATA_KEYS = ("root", "sources", "image", "dequant_seed", "limit", "labelled")
-STAGE_KEYS = ("observe", "flow", "code_flow", "nets", "knowledge", "exact_gradient")
+STAGE_KEYS = ("observe", "flow", "code_flow", "nets", "knowledge", "objective", "exact_gradient", "edge_gradient")
 KNOWLEDGE_KEYS = ("code_dim", "present", "code_flow", "group")
 FLOW_KEYS = ("levels", "steps", "hidden", "permutation", "activation")
 ACTIVATIONS = ("swish", "relu")    # the keys of tzkgraph.flows.coupling.ACTIVATIONS
@@ -227,7 +227,11 @@ def _read_stage(name: Any, value: Any, data: DataSpec | None,
         if k.name in groups:
             raise ConfigError(places[k.name], f"knowledge {k.name!r} has the name of a group")
     exact = read_bool(raw.get("exact_gradient", False), f"{where}.exact_gradient")
-    stage = StageSpec(name, observe, tuple(knowledge), flow, code_flow, nets, exact)
+    objective = read_choice(raw.get("objective", "marginal"), f"{where}.objective", ("marginal", "paper"), "objective")
+    edge = read_bool(raw.get("edge_gradient", False), f"{where}.edge_gradient")
+    if edge and is_root:
+        raise ConfigError(f"{where}.edge_gradient", "a root stage observes data: it has no parent codes to differentiate into")
+    stage = StageSpec(name, observe, tuple(knowledge), flow, code_flow, nets, exact, objective, edge)
     return stage, {(name, k): place for k, place in places.items()}
 
 

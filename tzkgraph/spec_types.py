@@ -140,6 +140,8 @@ class StageSpec:
     code_flow: CodeFlowSpec = field(default_factory=CodeFlowSpec)   # the stage's default
     nets: NetsSpec = field(default_factory=NetsSpec)
     exact_gradient: bool = False             # differentiate the -(K-1) log p(t) factor too (README)
+    objective: str = "marginal"              # "marginal" (codes integrated out) or "paper" (Eq. 10, imputed)
+    edge_gradient: bool = False              # shape the observed parent codes through this encoder (README)
 
     @property
     def is_root(self) -> bool:
@@ -181,8 +183,9 @@ class StageSpec:
         out = {"observe": observe, "flow": self.flow.to_dict(),
                "code_flow": asdict(self.code_flow), "nets": asdict(self.nets),
                "knowledge": {k.name: k.to_dict() for k in self.knowledge}}
-        if self.exact_gradient:  # a training choice: left out when off, the default
-            out["exact_gradient"] = True
+        for key, default in (("objective", "marginal"), ("exact_gradient", False), ("edge_gradient", False)):
+            if getattr(self, key) != default:  # training choices: left out at their defaults
+                out[key] = getattr(self, key)
         return out
 
 

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Collection, Mapping, NamedTuple, Protocol, Sequence
+from typing import Collection, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .density import gaussian_log_prob
 from .flows import ActNorm, Flow, Glow, VectorFlow
 from .nets import Knowledge
 from .stacked import StackedKnowledge, actnorms_settled, signature
+from .terms import OBJECTIVES, KnowledgeTerms, Mode, Objective, knowledge_terms
 
 __all__ = ["Knowledge", "KnowledgeTerms", "StageOutput", "TzKStage", "knowledge_terms", "make_t_flow"]
 
@@ -23,77 +23,6 @@ def make_t_flow(t_shape: Sequence[int], levels: int, steps: int, hidden: int,
     if len(t_shape) == 3:
         return Glow(t_shape, levels, steps, hidden, permutation, activation=activation)
     return VectorFlow(t_shape[0], steps, hidden, permutation, activation=activation)
-
-
-class _Evaluates(Protocol):  # a Knowledge, or a StackedKnowledge (every result with a leading K)
-    def encoder_logit(self, t: Tensor) -> Tensor: ...
-    def posterior(self, t: Tensor, e: int) -> tuple[Tensor, Tensor]: ...
-    def decoder_logit(self, c: Tensor) -> Tensor: ...
-    def decoder_gaussian(self, c: Tensor, e: int) -> tuple[Tensor, Tensor]: ...
-    def code_forward(self, c: Tensor) -> tuple[Tensor, Tensor]: ...
-    def code_inverse(self, u: Tensor) -> Tensor: ...
-
-
-class KnowledgeTerms(NamedTuple):
-    """What :func:`knowledge_terms` returns; ``(…, B)`` unless said (``…``: ``K`` if stacked)."""
-
-    enc: Tensor  #: log p(k | t) = log p(e | t) p(c | e, t)
-    dec: Tensor  #: log p(t | k) p(k) = log p(t | e, c) p(e | c) p(c)
-    posterior: tuple[Tensor, Tensor]  #: (μ, log σ) of p(c | e=1, t) before f_c, (…, B, C) each
-    logit_t: Tensor  #: logit of p(e = 1 | t), detached
-    logit_post: Tensor  #: logit of p(e = 1 | c) at c ~ p(c | e, t), no gradient
-    code: Tensor  #: the code c the terms were evaluated at, detached, (…, B, C)
-    code_logdet: Tensor  #: log|det ∂f_c/∂c| there, detached (0 for a volume-preserving f_c)
-
-
-def knowledge_terms(kn: _Evaluates, t: Tensor, z: Tensor, logdet: Tensor, e: Tensor, observed: Tensor,
-                    uniform: Tensor, noise: Tensor, mode: str) -> KnowledgeTerms:
-    """One knowledge type's (or, stacked, K types') terms of the bound, given all the noise.
-
-    A deterministic function of its arguments: :meth:`TzKStage.loss` draws the noise,
-    then evaluates it one knowledge type at a time or stacked, with the same result.
-
-    Arguments:
-        kn: a :class:`Knowledge`, or a :class:`~tzkgraph.stacked.StackedKnowledge`
-            (then ``e``, ``observed``, ``uniform``, ``noise`` and the results have a
-            leading dim ``K``).
-        t, z, logdet: the observation ``(B, *t_shape)`` and its t-flow output ``(B, D)``, ``(B,)``.
-        e: present variable ``(B,)`` in {0, 1}; observed: ``(B,)`` bool, whether ``e`` is known.
-        uniform: ``(B,)`` in [0, 1): an unobserved ``e`` is drawn as ``uniform < p(e = 1 | t)``.
-        noise: ``(B, C)`` standard normal: the code is ``f_c⁻¹(μ + σ·noise)`` (encoder) or
-            ``f_c⁻¹(noise)`` (decoder).
-        mode: ``"encoder"`` or ``"decoder"``, the code's source.
-
-    Returns:
-        :class:`KnowledgeTerms`; where ``e`` is unobserved both joints are marginalised
-        over it (log-sum-exp over ``e ∈ {0, 1}``).
-    """
-    if mode not in ("encoder", "decoder"):
-        raise ValueError(f"mode must be 'encoder' or 'decoder', got {mode!r}")
-    logit_t = kn.encoder_logit(t)
-    posterior = [kn.posterior(t, value) for value in (0, 1)]  # [(μ, log σ)] for e = 0, 1
-    e_draw = torch.where(observed, e, (uniform < torch.sigmoid(logit_t.detach())).to(e.dtype))
-    pick = e_draw.bool().unsqueeze(-1)
-    sample = torch.where(pick, posterior[1][0], posterior[0][0]) \
-        + torch.where(pick, posterior[1][1], posterior[0][1]).exp() * noise
-    c = kn.code_inverse(sample if mode == "encoder" else noise)
-
-    u, code_logdet = kn.code_forward(c)
-    log_p_c = gaussian_log_prob(u, event_dims=1) + code_logdet
-    logit_c = kn.decoder_logit(c)
-    enc_e, dec_e = [], []
-    for value, sign in ((0, -1.0), (1, 1.0)):
-        log_p_c_given_t = gaussian_log_prob(u, *posterior[value], event_dims=1) + code_logdet
-        log_p_t_given_c = gaussian_log_prob(z, *kn.decoder_gaussian(c, value), event_dims=1) + logdet
-        enc_e.append(F.logsigmoid(sign * logit_t) + log_p_c_given_t)
-        dec_e.append(F.logsigmoid(sign * logit_c) + log_p_t_given_c)
-    present = e.bool()
-    enc = torch.where(observed, torch.where(present, enc_e[1], enc_e[0]), torch.logaddexp(*enc_e))
-    dec = log_p_c + torch.where(observed, torch.where(present, dec_e[1], dec_e[0]), torch.logaddexp(*dec_e))
-    with torch.no_grad():  # the decoder discriminator on a code from the encoder
-        logit_post = logit_c.detach() if mode == "encoder" else kn.decoder_logit(kn.code_inverse(sample))
-    return KnowledgeTerms(enc, dec, posterior[1], logit_t.detach(), logit_post, c.detach(),
-                          code_logdet.detach())
 
 
 @dataclass
@@ -182,6 +111,11 @@ class TzKStage(nn.Module):
             parent's code) for shrinking ``p(t)`` when ``K > 2``, and the bound then
             diverges. Off, the objective is the bound without that factor wherever
             ``log p(t)`` has a gradient; the bound's value is reported either way.
+        objective: ``"marginal"`` (default): the codes are integrated out — the bound on
+            ``½ log p_enc(t, e) + ½ log p_dec(t, e)`` whose decoder half is an evidence lower
+            bound with ``p(c | e, t)`` as inference distribution; ``"paper"``: Eq. 10 on the
+            completed data, the code imputed per batch from the encoder or the code prior
+            (see :mod:`tzkgraph.terms` and the README, "What is optimised").
         stacked: evaluate knowledge types of identical structure as one stacked
             batch (:mod:`tzkgraph.stacked`) in :meth:`loss` and :meth:`discriminate`;
             the same function as one at a time, with about K times fewer operators.
@@ -195,10 +129,13 @@ class TzKStage(nn.Module):
     def __init__(self, t_shape: Sequence[int], knowledge: Mapping[str, int | Mapping], *,
                  levels: int = 3, steps: int = 4, hidden: int = 64, permutation: str = "shuffle",
                  activation: str = "swish", net_hidden: int = 64, code_steps: int = 4, code_hidden: int = 64,
-                 exact_gradient: bool = False, stacked: bool = True):
+                 exact_gradient: bool = False, stacked: bool = True, objective: Objective = "marginal"):
         super().__init__()
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         self.t_shape = tuple(t_shape)
         self.exact_gradient = exact_gradient
+        self.objective = objective
         self.stacked = stacked
         self._structure: dict[str, tuple] = {}  # knowledge name -> (signature, its ActNorms)
         self.t_flow = make_t_flow(self.t_shape, levels, steps, hidden, permutation, activation)
@@ -321,14 +258,17 @@ class TzKStage(nn.Module):
 
     def loss(self, t: Tensor, e: Tensor, observed: Tensor | None = None, *,
              z: Tensor | None = None, logdet: Tensor | None = None,
-             active: Sequence[str] | None = None, mode: str | None = None,
+             active: Sequence[str] | None = None, mode: Mode | None = None,
              emit_codes: Collection[str] = (), weight: Tensor | None = None) -> StageOutput:
         """The negative lower bound ``−½(log p_enc + log p_dec)`` (Eq. 10), per example of the batch.
 
-        Missing codes are drawn per batch from the encoder (``c ~ p(c | e, t)``)
-        or the decoder (``c ~ p(c)``) with probability ½, reparameterised. Where
-        ``e_i`` is unobserved, the encoder draw takes ``e_i ~ p(e_i | t)`` and
-        both joints marginalise ``e_i`` exactly (log-sum-exp over ``e_i ∈ {0,1}``).
+        Objective ``"marginal"``: each code is integrated out by a one-sample evidence
+        bound with ``q = p(c | e, t)`` (reparameterised); an unobserved ``e_i`` takes
+        ``p(e_i | t)`` as its inference distribution, exactly (both values summed).
+        Objective ``"paper"``: missing codes are drawn per batch from the encoder
+        (``c ~ p(c | e, t)``) or the decoder (``c ~ p(c)``) with probability ½,
+        reparameterised; where ``e_i`` is unobserved, the encoder draw takes
+        ``e_i ~ p(e_i | t)`` and both joints marginalise ``e_i`` exactly.
         The noise is drawn first, per group of identically structured knowledge
         types, which then run as one stacked batch (see ``stacked``) or one at a
         time: the same function of that noise (:func:`knowledge_terms`).
@@ -345,7 +285,8 @@ class TzKStage(nn.Module):
             z, logdet: the t-flow's output for ``t``, if already known (a cache).
             active: the knowledge types in the objective (default all); ``[]``
                 gives the plain flow NLL ``−log p(t)`` (K = 0).
-            mode: ``"encoder"`` or ``"decoder"`` to fix the code source; ``None`` draws it.
+            mode: objective "paper": ``"encoder"`` or ``"decoder"`` to fix the code source;
+                ``None`` draws it (unused by "marginal").
             emit_codes: knowledge types whose ``c ~ p(c | e=1, t)`` to return.
             weight: ``(B,)`` per-example weights (default 1). A graph passes 0 for
                 examples whose parent knowledge is absent, which keeps every shape
@@ -359,8 +300,8 @@ class TzKStage(nn.Module):
         names = self.names if active is None else list(active)
         if observed is None:
             observed = torch.ones_like(e, dtype=torch.bool)
-        if mode is None:
-            mode = "encoder" if torch.rand(()) < 0.5 else "decoder"
+        if mode is None:  # (objective "marginal" draws no code source)
+            mode = "encoder" if self.objective == "marginal" or torch.rand(()) < 0.5 else "decoder"
         if mode not in ("encoder", "decoder"):
             raise ValueError(f"mode must be 'encoder' or 'decoder', got {mode!r}")
         mean = _weighted_mean(weight)  # metrics: over the examples that count
@@ -404,7 +345,7 @@ class TzKStage(nn.Module):
         return StageOutput(objective, metrics, codes)
 
     def _group_terms(self, group: Sequence[str], t: Tensor, z: Tensor, logdet: Tensor, e: Tensor,
-                     known: Tensor, mode: str) -> KnowledgeTerms:
+                     known: Tensor, mode: Mode) -> KnowledgeTerms:
         """:func:`knowledge_terms` of a group of identical structure, every result ``(K_g, …)``.
 
         Draws the group's noise, then evaluates the group stacked, or one at a time
@@ -416,8 +357,9 @@ class TzKStage(nn.Module):
         uniform = torch.rand(k, batch, device=z.device, dtype=dtype)
         stacked = self._stack(group)
         if stacked is not None:
-            return knowledge_terms(stacked, t, z, logdet, e, known, uniform, noise, mode)
-        each = [knowledge_terms(self.knowledge[name], t, z, logdet, e[i], known[i], uniform[i], noise[i], mode)
+            return knowledge_terms(stacked, t, z, logdet, e, known, uniform, noise, mode, self.objective)
+        each = [knowledge_terms(self.knowledge[name], t, z, logdet, e[i], known[i], uniform[i], noise[i],
+                                mode, self.objective)
                 for i, name in enumerate(group)]
         enc, dec, mu, log_sigma, logit_t, logit_post, code, code_logdet = (
             torch.stack(x) for x in zip(*[(o.enc, o.dec, *o.posterior, o.logit_t, o.logit_post, o.code,
