@@ -76,3 +76,28 @@ def test_an_edge_by_label_is_refused_with_labelled(tmp_path):
     raw["stages"]["more"] = {"observe": "digits/3", "knowledge": {"x": {"code_dim": 2, "present": {"label": 3}}}}
     with pytest.raises(ConfigError, match="stages.more.observe: digits/3 is present by label"):
         parse_spec(raw)
+
+
+
+def _encoder_gradient(spec, trainable: tuple[str, ...]) -> list[torch.Tensor]:
+    """The gradient of a phase's summed objective on the images/mnist encoder posterior's weights."""
+    torch.manual_seed(0)
+    model = randomize(TzKGraph(spec), 0.2)
+    data = load_graph_data(spec.data, "train")
+    plan = plan_phase(spec, frozenset(p for p in spec.atomic_parts() if p.startswith(trainable)))
+    executor = GraphExecutor(model, data, plan, "unused", progress=False, use_cache=False)
+    torch.manual_seed(0)
+    total, _ = executor.loss(torch.arange(16), modes={"images": "encoder", "digits": "encoder"})
+    weights = list(model.stages["images"].knowledge["mnist"].encoder_posterior[1].parameters())
+    return torch.autograd.grad(total, weights)
+
+
+def test_a_childs_objective_reaches_its_parents_encoder_only_with_edge_gradient(tmp_path):
+    """By default a child observes its parents' codes as data (README, "What is optimised"):
+    the parent's encoder gets the gradient of its own stage's objective alone, as if the child
+    were not there; `edge_gradient: true` adds the child's."""
+    alone = _encoder_gradient(tiny(tmp_path), ("images/mnist",))
+    cut = _encoder_gradient(tiny(tmp_path), ("images/mnist", "digits"))
+    through = _encoder_gradient(tiny(tmp_path, "stages.digits.edge_gradient=true"), ("images/mnist", "digits"))
+    assert all(torch.equal(a, b) for a, b in zip(alone, cut))
+    assert not all(torch.allclose(a, b) for a, b in zip(alone, through))

@@ -226,13 +226,15 @@ class GraphExecutor:
                 for parent, k in spec.parents:
                     col = self.spec.stage(parent).knowledge_names.index(k)
                     weight = weight * weights[parent] * self.present[parent][index, col]
-                    parts.append(codes[parent][k])
+                    parts.append(codes[parent][k] if spec.edge_gradient else codes[parent][k].detach())
                 t = torch.cat(parts, dim=1)
             weights[name] = weight
             if name in self.plan.loss_stages:
                 z = logdet = None
                 if name in self.plan.cached_flow:
                     z, logdet = self._frozen_latent(name, t, index)
+                elif spec.edge_gradient:  # the child's density of its codes takes them as data
+                    z, logdet = stage.t_latent(t.detach())
                 out = stage.loss(t, e, self.observed[name][index], z=z, logdet=logdet,
                                  active=self.plan.active[name], mode=modes[name],
                                  weight=None if spec.is_root else weight, emit_codes=self.plan.emit[name])
