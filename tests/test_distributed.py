@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
-from tzkgraph.checkpoint import load_checkpoint
-from tzkgraph.spec import load_spec
-from tzkgraph.train import run
+from tzkgraph.core.checkpoint import load_checkpoint
+from tzkgraph.spec.load import load_spec
+from tzkgraph.training.train import run
 
 ROOT = Path(__file__).parents[1]
 

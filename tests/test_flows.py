@@ -8,7 +8,7 @@ import zlib
 import pytest
 import torch
 
-from tzkgraph.flows import (ActNorm, AffineCoupling, Glow, InvConvLU, Shuffle, Squeeze,
+from tzkgraph.model.flows import (ActNorm, AffineCoupling, Glow, InvConvLU, Shuffle, Squeeze,
                             SymLog, VectorFlow)
 
 from conftest import autocast_round_trip, jacobian_logdet, randomize
@@ -158,7 +158,7 @@ def test_glow_rejects_indivisible_size():
 def test_channels_last_coupling_net_matches_plain_convolutions():
     from torch import nn
 
-    from tzkgraph.flows import coupling_net
+    from tzkgraph.model.flows import coupling_net
 
     net = randomize(coupling_net(3, 6, hidden=16, image=True)).double()
     plain = nn.Sequential(*net)  # the same layers, run in the default layout

@@ -10,11 +10,11 @@ import json
 import pytest
 import torch
 
-from tzkgraph.checkpoint import load_checkpoint
-from tzkgraph.flows import Glow
-from tzkgraph.stage import TzKStage
-from tzkgraph.spec import load_spec
-from tzkgraph.train import run
+from tzkgraph.core.checkpoint import load_checkpoint
+from tzkgraph.model.flows import Glow
+from tzkgraph.model.stage import TzKStage
+from tzkgraph.spec.load import load_spec
+from tzkgraph.training.train import run
 
 from conftest import autocast_round_trip, randomize, requires_cuda
 

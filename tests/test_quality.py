@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import torch
 
-from tzkgraph.dataset import load_graph_data
-from tzkgraph.evaluate import evaluate, load_trained
-from tzkgraph.spec import load_spec
-from tzkgraph.train import run
+from tzkgraph.data.dataset import load_graph_data
+from tzkgraph.use.evaluate import evaluate, load_trained
+from tzkgraph.spec.load import load_spec
+from tzkgraph.training.train import run
 
 GRAPH = "tests/fixtures/graphs/digits_quick.yaml"
 

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from tzkgraph import cli
-from tzkgraph.checkpoint import load_checkpoint
-from tzkgraph.errors import TzkError
-from tzkgraph.executor import GraphExecutor
-from tzkgraph.run_status import read_status
-from tzkgraph.train import run
+from tzkgraph.core.checkpoint import load_checkpoint
+from tzkgraph.core.errors import TzkError
+from tzkgraph.graph.executor import GraphExecutor
+from tzkgraph.training.status import read_status
+from tzkgraph.training.train import run
 
 from test_train import tiny
 
@@ -56,8 +56,8 @@ def test_a_failed_run_leaves_its_reason(tmp_path):
 
 
 def test_missing_data_is_recorded(tmp_path, monkeypatch):
-    from tzkgraph import train
-    from tzkgraph.errors import DataError
+    from tzkgraph.training import train
+    from tzkgraph.core.errors import DataError
 
     def missing(*args, **kwargs):
         raise DataError("mnist: not found under /nowhere (simulated)")

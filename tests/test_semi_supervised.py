@@ -6,12 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tzkgraph.dataset import first_per_class, load_graph_data
-from tzkgraph.errors import ConfigError
-from tzkgraph.executor import GraphExecutor, plan_phase
-from tzkgraph.model import TzKGraph
-from tzkgraph.present import PresentRule
-from tzkgraph.spec import load_spec
+from tzkgraph.data.dataset import first_per_class, load_graph_data
+from tzkgraph.core.errors import ConfigError
+from tzkgraph.graph.executor import GraphExecutor
+from tzkgraph.graph.plan import plan_phase
+from tzkgraph.graph.model import TzKGraph
+from tzkgraph.spec.present import PresentRule
+from tzkgraph.spec.load import load_spec
 
 from conftest import randomize
 from test_train import tiny
@@ -33,7 +34,7 @@ def test_labelled_marks_only_label_rules_unobserved(tmp_path):
 
 
 def test_a_source_rule_that_fails_makes_e_known_whatever_the_label():
-    from tzkgraph.dataset import GraphData
+    from tzkgraph.data.dataset import GraphData
 
     data = GraphData(torch.zeros(4, 1, 2, 2, dtype=torch.uint8), torch.tensor([0, 0, 1, 1]),
                      torch.tensor([3, 4, 3, 4]), ["mnist", "fashion"], 8,
@@ -67,7 +68,7 @@ def test_unknown_labels_do_not_reach_the_objective(tmp_path):
 
 
 def test_an_edge_by_label_is_refused_with_labelled(tmp_path):
-    from tzkgraph.spec import parse_spec
+    from tzkgraph.spec.load import parse_spec
     import yaml
 
     raw = yaml.safe_load(open("graphs/tiny.yaml"))
@@ -101,3 +102,18 @@ def test_a_childs_objective_reaches_its_parents_encoder_only_with_edge_gradient(
     through = _encoder_gradient(tiny(tmp_path, "stages.digits.edge_gradient=true"), ("images/mnist", "digits"))
     assert all(torch.equal(a, b) for a, b in zip(alone, cut))
     assert not all(torch.allclose(a, b) for a, b in zip(alone, through))
+
+
+def test_a_failing_stage_is_named(tmp_path, monkeypatch):
+    spec = tiny(tmp_path)
+    model = TzKGraph(spec)
+    plan = plan_phase(spec, frozenset(spec.atomic_parts()))
+    executor = GraphExecutor(model, load_graph_data(spec.data, "train"), plan, "unused",
+                             progress=False, use_cache=False)
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr(model.stages["digits"], "loss", fails)
+    with pytest.raises(RuntimeError, match="^stage 'digits': mat1 and mat2 shapes cannot be multiplied$"):
+        executor.loss(torch.arange(8))

@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-import tzkgraph.stage
-from tzkgraph.flows import ActNorm
-from tzkgraph.nets import Knowledge
-from tzkgraph.stacked import StackedKnowledge, signature, stackable
-from tzkgraph.stage import TzKStage
+import tzkgraph.model.stage
+from tzkgraph.model.flows import ActNorm
+from tzkgraph.model.nets import Knowledge
+from tzkgraph.model.stacked import StackedKnowledge, signature, stackable
+from tzkgraph.model.stage import TzKStage
 
 from conftest import randomize
 
@@ -138,7 +138,7 @@ def stacked_calls(monkeypatch) -> list[int]:
             calls.append(len(modules))
             super().__init__(modules)
 
-    monkeypatch.setattr(tzkgraph.stage, "StackedKnowledge", Counting)
+    monkeypatch.setattr(tzkgraph.model.stage, "StackedKnowledge", Counting)
     return calls
 
 

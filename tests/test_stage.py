@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from tzkgraph.density import bits_per_dim, gaussian_log_prob
-from tzkgraph.stage import TzKStage, knowledge_terms
+from tzkgraph.model.density import bits_per_dim, gaussian_log_prob
+from tzkgraph.model.stage import TzKStage, knowledge_terms
 
 from conftest import randomize
 

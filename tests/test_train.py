@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 import pytest
 
-from tzkgraph.checkpoint import load_checkpoint
-from tzkgraph.errors import TzkError
-from tzkgraph.spec import load_spec
-from tzkgraph.train import run
+from tzkgraph.core.checkpoint import load_checkpoint
+from tzkgraph.core.errors import TzkError
+from tzkgraph.spec.load import load_spec
+from tzkgraph.training.train import run
 
 LONGER = ["train.phases.0.steps=120", "train.phases.1.steps=60"]  # for the losses to fall
 
@@ -39,8 +39,14 @@ def test_tiny_trains_end_to_end_with_falling_losses(tmp_path):
     history = result.history
     # the t-flow alone: its NLL over 1024 dims falls by hundreds of nats
     assert _mean(history, "loss", "pretrain", first=False) < _mean(history, "loss", "pretrain", first=True) - 300
-    # then the knowledge on the frozen, cached flow: the digit stage's loss falls too
-    assert _mean(history, "digits/loss", "conditional", False) < _mean(history, "digits/loss", "conditional", True)
+    # then the knowledge on the frozen, cached flow: the summed objective falls; the digit
+    # stage observes the image stage's codes as data, which spread as that stage learns
+    # (so its density of them falls), while what its knowledge adds, log p_enc − log p(t),
+    # rises (measured: −17.8 → −15.6 nats)
+    assert _mean(history, "loss", "conditional", False) < _mean(history, "loss", "conditional", True) - 20
+    gain = lambda first: _mean(history, "digits/log_p_enc", "conditional", first) \
+        - _mean(history, "digits/log_p_t", "conditional", first)
+    assert gain(False) > gain(True) + 1.0
     state = _weights(tmp_path)
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
@@ -112,9 +118,10 @@ def test_changed_graph_with_no_new_part_is_refused(tmp_path):
 
 @pytest.mark.parametrize("trains", [["digits"], ["images/mnist", "digits"]])
 def test_cached_and_recomputed_frozen_parts_give_the_same_loss(tmp_path, trains):
-    from tzkgraph.dataset import load_graph_data
-    from tzkgraph.executor import GraphExecutor, plan_phase
-    from tzkgraph.model import TzKGraph
+    from tzkgraph.data.dataset import load_graph_data
+    from tzkgraph.graph.executor import GraphExecutor
+    from tzkgraph.graph.plan import plan_phase
+    from tzkgraph.graph.model import TzKGraph
 
     spec = tiny(tmp_path)
     model = TzKGraph(spec)

@@ -14,12 +14,13 @@ import pytest
 import torch
 
 from tzkgraph.cli import main
-from tzkgraph.dataset import load_graph_data
-from tzkgraph.evaluate import evaluate, evaluate_run, load_trained, seeded
-from tzkgraph.model import TzKGraph
-from tzkgraph.sampling import interpolate, sample_path, valid_paths, write_sample_grids
-from tzkgraph.spec import load_spec, parse_spec
-from tzkgraph.train import run
+from tzkgraph.data.dataset import load_graph_data
+from tzkgraph.core.runtime import seeded
+from tzkgraph.use.evaluate import evaluate, evaluate_run, load_trained
+from tzkgraph.graph.model import TzKGraph
+from tzkgraph.use.sampling import interpolate, sample_path, valid_paths, write_sample_grids
+from tzkgraph.spec.load import load_spec, parse_spec
+from tzkgraph.training.train import run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -264,7 +265,7 @@ def test_write_sample_grids_draws_every_path_and_leaves_training_state_alone(tra
 
 
 def test_write_sample_grids_warns_instead_of_raising(trained_tiny, tmp_path, monkeypatch):
-    import tzkgraph.sampling as sampling
+    import tzkgraph.use.sampling as sampling
 
     spec = trained_tiny.spec()
     model, _ = load_trained(spec)

@@ -1,7 +1,7 @@
 """Benchmark training with the frozen-part cache against recomputing the frozen parts.
 
 On a hierarchy (default ``graphs/mnist_digits.yaml``) two configurations are trained with
-:class:`tzkgraph.executor.GraphExecutor`, each in both of its modes, ``use_cache=True``
+:class:`tzkgraph.graph.executor.GraphExecutor`, each in both of its modes, ``use_cache=True``
 (frozen outputs read from the HDF5 cache, held on the device) and ``use_cache=False`` (the
 frozen parts recomputed every step, under ``no_grad``):
 
@@ -70,13 +70,14 @@ from pathlib import Path
 
 import torch
 
-from tzkgraph.checkpoint import load_checkpoint
-from tzkgraph.dataset import GraphData, load_graph_data
-from tzkgraph.executor import GraphExecutor, plan_phase
-from tzkgraph.model import TzKGraph, load_matching
-from tzkgraph.spec import load_spec
-from tzkgraph.spec_types import FLOW_PART, GraphSpec
-from tzkgraph.train import pick_device
+from tzkgraph.core.checkpoint import load_checkpoint
+from tzkgraph.data.dataset import GraphData, load_graph_data
+from tzkgraph.graph.executor import GraphExecutor
+from tzkgraph.graph.plan import plan_phase
+from tzkgraph.graph.model import TzKGraph, load_matching
+from tzkgraph.spec.load import load_spec
+from tzkgraph.spec.types import FLOW_PART, GraphSpec
+from tzkgraph.core.runtime import pick_device
 
 CONFIGS = ("conditional", "stage2")
 DEFAULT_SETS = ["data.limit=5000"]  # per source: a cache build of minutes on 2 CPU cores
@@ -105,7 +106,7 @@ class Trainer:
     build_s: float
 
     def step(self, generator: torch.Generator) -> torch.Tensor:
-        """One training step, as ``tzkgraph.train.run`` takes it; returns the loss."""
+        """One training step, as ``tzkgraph.training.train.run`` takes it; returns the loss."""
         index = torch.randint(self.n, (self.batch_size,), device=self.device, generator=generator)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             loss, _ = self.executor.loss(index)

@@ -2,7 +2,7 @@
 
 normflows' multi-scale Glow is built as in its example (``examples/glow_colab.ipynb``:
 ``GlowBlock``s, ``Squeeze``, ``Merge``, one ``DiagGaussian`` base per level, put together
-by ``MultiscaleFlow``); tzkgraph's is ``tzkgraph.flows.Glow`` with the same levels, steps
+by ``MultiscaleFlow``); tzkgraph's is ``tzkgraph.model.flows.Glow`` with the same levels, steps
 per level, coupling-net width, affine coupling (scale ``sigmoid(s + 2)``), LU-parameterised
 1×1 convolutions and split structure: per level a 2×2 squeeze, ``steps`` × (ActNorm → 1×1
 conv → coupling), then half the channels factored out. Parameter counts of the flows are
@@ -57,15 +57,15 @@ from typing import Callable
 
 import torch
 
-from tzkgraph.density import gaussian_log_prob
-from tzkgraph.flows import Glow
-from tzkgraph.flows.coupling import ConvNet
+from tzkgraph.model.density import gaussian_log_prob
+from tzkgraph.model.flows import Glow
+from tzkgraph.model.flows.coupling import ConvNet
 
 # tzkgraph-lu-relu is normflows' architecture exactly (LU 1x1 convs, ReLU coupling nets);
 # tzkgraph-lu and tzkgraph-shuffle have tzkgraph's default swish nets.
 IMPLEMENTATIONS = ("tzkgraph-lu-relu", "tzkgraph-lu", "tzkgraph-shuffle", "normflows")
 # Not run by default: the shuffle with ReLU nets, and tzkgraph with its coupling nets computed
-# as plain NCHW convolutions (not channels-last, see tzkgraph.flows.coupling.ConvNet), for
+# as plain NCHW convolutions (not channels-last, see tzkgraph.model.flows.coupling.ConvNet), for
 # before/after comparisons.
 EXTRA = ("tzkgraph-shuffle-relu", "tzkgraph-lu-nchw")
 IN_SHAPE = (1, 32, 32)

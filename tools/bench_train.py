@@ -1,6 +1,6 @@
 """Training throughput of a graph, phase by phase: ms/step, images/s and achieved TFLOP/s.
 
-Runs ``tzkgraph.train.run`` itself (the same steps, caches, autocast and ``torch.compile``
+Runs ``tzkgraph.training.train.run`` itself (the same steps, caches, autocast and ``torch.compile``
 as ``tzkgraph run``) with every phase cut to ``--steps`` steps, once per variant, and reads
 the speed from the run's own metric lines (``ms_per_step``, ``images_per_s``: timed between
 log lines, checkpoints and sample pictures excluded). The first log interval of each phase
@@ -41,13 +41,15 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from tzkgraph.checkpoint import load_checkpoint
-from tzkgraph.dataset import load_graph_data
-from tzkgraph.executor import GraphExecutor, plan_phase
-from tzkgraph.model import TzKGraph
-from tzkgraph.spec import load_spec
-from tzkgraph.spec_types import GraphSpec
-from tzkgraph.train import pick_device, run
+from tzkgraph.core.checkpoint import load_checkpoint
+from tzkgraph.data.dataset import load_graph_data
+from tzkgraph.graph.executor import GraphExecutor
+from tzkgraph.graph.plan import plan_phase
+from tzkgraph.graph.model import TzKGraph
+from tzkgraph.spec.load import load_spec
+from tzkgraph.spec.types import GraphSpec
+from tzkgraph.core.runtime import pick_device
+from tzkgraph.training.train import run
 
 VARIANTS = {"fp32": ["train.amp=false", "train.compile=false"],
             "bf16": ["train.amp=true", "train.compile=false"],

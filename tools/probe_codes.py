@@ -17,9 +17,9 @@ import json
 import torch
 import torch.nn.functional as F
 
-from tzkgraph.dataset import load_graph_data
-from tzkgraph.evaluate import load_trained
-from tzkgraph.spec import load_spec
+from tzkgraph.data.dataset import load_graph_data
+from tzkgraph.use.evaluate import load_trained
+from tzkgraph.spec.load import load_spec
 
 
 @torch.no_grad()

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from . import __version__
-from .errors import TzkError
+from tzkgraph.core.errors import TzkError
 
 __all__ = ["main", "build_parser"]
 
@@ -98,8 +98,8 @@ def _graph_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .spec import load_spec
-    from .train import run
+    from tzkgraph.spec.load import load_spec
+    from tzkgraph.training.train import run
 
     if args.resume and args.fresh:
         raise TzkError("--resume and --fresh exclude each other")
@@ -120,8 +120,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _data(args: argparse.Namespace) -> int:
-    from .data import DATASETS
-    from .fetch import fetch
+    from tzkgraph.data.registry import DATASETS
+    from tzkgraph.data.fetch import fetch
 
     unknown = [d for d in args.datasets if d not in DATASETS]
     if unknown:
@@ -132,8 +132,8 @@ def _data(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_run
-    from .spec import load_spec
+    from tzkgraph.use.evaluate import evaluate_run
+    from tzkgraph.spec.load import load_spec
 
     if args.examples is not None and args.examples < 1:
         raise TzkError(f"-n: need at least one example, got {args.examples}")
@@ -146,8 +146,8 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from .sampling import sample_to_files
-    from .spec import load_spec
+    from tzkgraph.use.sampling import sample_to_files
+    from tzkgraph.spec.load import load_spec
 
     for path in sample_to_files(load_spec(args.graph, args.overrides), args.output, path=args.path, n=args.n,
                                 temperature=args.temperature, seed=args.seed):
@@ -156,9 +156,9 @@ def _sample(args: argparse.Namespace) -> int:
 
 
 def _graph(args: argparse.Namespace) -> int:
-    from .evaluate import read_report
-    from .spec import load_spec
-    from .viz import write_graph
+    from tzkgraph.use.evaluate import read_report
+    from tzkgraph.spec.load import load_spec
+    from tzkgraph.use.viz import write_graph
 
     spec = load_spec(args.graph, args.overrides)
     print(write_graph(spec, args.output, read_report(spec)))
@@ -166,8 +166,8 @@ def _graph(args: argparse.Namespace) -> int:
 
 
 def _interpolate(args: argparse.Namespace) -> int:
-    from .sampling import interpolate_to_file
-    from .spec import load_spec
+    from tzkgraph.use.sampling import interpolate_to_file
+    from tzkgraph.spec.load import load_spec
 
     print(interpolate_to_file(load_spec(args.graph, args.overrides), args.output, stage=args.stage,
                               split=args.split, indices=args.index, steps=args.steps))

@@ -1,0 +1,1 @@
+"""Training a graph: phases, checkpoints, resuming, signals, the run's status."""
