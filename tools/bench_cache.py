@@ -12,9 +12,9 @@ frozen parts recomputed every step, under ``no_grad``):
   frozen image stage's code posteriors ``μ, log σ`` come from the cache, or from the image
   encoder posterior network every step (the t-flow is not needed at all).
 
-A training step is what ``tzkgraph run`` does: draw the batch's indices (``torch.randint``),
-``executor.loss`` (bf16 autocast on CUDA when ``train.amp``), ``zero_grad``, backward, Adam,
-the warm-up scheduler. Each mode has its own model and optimizer, built from the same seed;
+A training step is the one ``tzkgraph run`` takes, ``tzkgraph.training.step.train_step``:
+draw the batch's indices (``torch.randint``), ``executor.loss`` (bf16 autocast on CUDA when
+``train.amp``), ``zero_grad``, backward, the gradient clip, Adam, the warm-up scheduler. Each mode has its own model and optimizer, built from the same seed;
 the first batch's loss of the two modes is compared before anything is timed.
 
 Measured:
@@ -78,6 +78,7 @@ from tzkgraph.graph.model import TzKGraph, load_matching
 from tzkgraph.spec.load import load_spec
 from tzkgraph.spec.types import FLOW_PART, GraphSpec
 from tzkgraph.core.runtime import pick_device
+from tzkgraph.training.step import Phase, start_phase, train_step
 
 CONFIGS = ("conditional", "stage2")
 DEFAULT_SETS = ["data.limit=5000"]  # per source: a cache build of minutes on 2 CPU cores
@@ -94,27 +95,22 @@ def trainable_parts(spec: GraphSpec, config: str) -> frozenset[str]:
 
 @dataclass
 class Trainer:
-    """One mode's model, executor and optimizer."""
+    """One mode's executor and its phase (objective, Adam, warm-up, gradient clip)."""
 
-    executor: GraphExecutor
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
+    phase: Phase
     n: int
     batch_size: int
     device: torch.device
-    amp: bool
     build_s: float
 
+    @property
+    def executor(self) -> GraphExecutor:
+        return self.phase.executor
+
     def step(self, generator: torch.Generator) -> torch.Tensor:
-        """One training step, as ``tzkgraph.training.train.run`` takes it; returns the loss."""
+        """One training step, the one ``tzkgraph run`` takes (``train_step``); returns the loss."""
         index = torch.randint(self.n, (self.batch_size,), device=self.device, generator=generator)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            loss, _ = self.executor.loss(index)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.scheduler.step()
-        return loss.detach()
+        return train_step(self.phase, index)[0]
 
 
 def build_trainer(spec: GraphSpec, data: GraphData, config: str, mode: str, device: torch.device,
@@ -133,13 +129,11 @@ def build_trainer(spec: GraphSpec, data: GraphData, config: str, mode: str, devi
     start = time.perf_counter()
     executor = GraphExecutor(model, data, plan, cache_dir, progress=progress, use_cache=mode != "recomputed")
     build_s = time.perf_counter() - start
-    kwargs = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}[adam]
-    optimizer = torch.optim.Adam(params, lr=spec.train.lr, **kwargs)
-    warmup = spec.train.warmup
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup > 0 else 1.0)
-    amp = spec.train.amp and device.type == "cuda" and torch.cuda.is_bf16_supported()
-    return Trainer(executor, optimizer, scheduler, len(data), batch_size, device, amp, build_s)
+    train = spec.train
+    phase = start_phase(executor, params, lr=train.lr, warmup_steps=train.warmup, clip_grad=train.clip_grad,
+                        amp=train.amp and device.type == "cuda" and torch.cuda.is_bf16_supported(),
+                        adam={"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}[adam])
+    return Trainer(phase, len(data), batch_size, device, build_s)
 
 
 def _sync(device: torch.device) -> None:
@@ -246,23 +240,24 @@ def time_blocks(trainers: dict[str, Trainer], blocks: dict[str, int], reps: int,
 
 def breakdown(trainer: Trainer, device: torch.device, steps: int) -> dict[str, float]:
     """Mean ms of each part of a step (synchronised between parts)."""
-    parts = {"indices": 0.0, "forward": 0.0, "backward": 0.0, "adam": 0.0}
+    parts = {"indices": 0.0, "forward": 0.0, "backward": 0.0, "clip + adam": 0.0}
     generator = torch.Generator(device=device).manual_seed(7)
     for _ in range(steps):
         t0 = time.perf_counter()
         index = torch.randint(trainer.n, (trainer.batch_size,), device=device, generator=generator)
         _sync(device)
         t1 = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=trainer.amp):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=trainer.phase.amp):
             loss, _ = trainer.executor.loss(index)
         _sync(device)
         t2 = time.perf_counter()
-        trainer.optimizer.zero_grad(set_to_none=True)
+        trainer.phase.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         _sync(device)
         t3 = time.perf_counter()
-        trainer.optimizer.step()
-        trainer.scheduler.step()
+        trainer.phase.clip()
+        trainer.phase.optimizer.step()
+        trainer.phase.scheduler.step()
         _sync(device)
         t4 = time.perf_counter()
         for key, dt in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
@@ -276,7 +271,7 @@ def frozen_flow_ms(trainer: Trainer, device: torch.device, reps: int = 3) -> flo
     roots = [s.name for s in ex.spec.stages if s.is_root]
     index = torch.arange(trainer.batch_size, device=device) % trainer.n
     times = []
-    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=trainer.amp):
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=trainer.phase.amp):
         for _ in range(reps + 1):
             _sync(device)
             start = time.perf_counter()
@@ -323,9 +318,9 @@ def bench_config(config: str, spec: GraphSpec, data: GraphData, args, device: to
         losses = {}
         for mode, trainer in trainers.items():
             torch.manual_seed(spec.seed)
-            amp, trainer.amp = trainer.amp, False
+            amp, trainer.phase.amp = trainer.phase.amp, False
             losses[mode] = float(trainer.step(torch.Generator(device=device).manual_seed(step)))
-            trainer.amp = amp
+            trainer.phase.amp = amp
         gap = max(abs(v - losses["cached"]) for v in losses.values())
         say(f"step {step} loss: " + ", ".join(f"{m} {v:.6g}" for m, v in losses.items()) + f" (|Δ| {gap:.2g})")
         tolerance = (1e-3 if device.type == "cuda" else 1e-4) * max(1.0, abs(losses["cached"]))

@@ -210,7 +210,7 @@ class TrainSpec:
     phases: tuple[PhaseSpec, ...] = (PhaseSpec("train", 1000),)   # run in order
     batch_size: int = 64
     lr: float = 1e-3                # Adam learning rate
-    clip_grad: float = 4.0          # clip the gradient norm at this many times its running mean (0 = off)
+    clip_grad: float = 4.0          # clip each tensor's gradient norm at this many times its running scale (0 = off)
     warmup: int = 500               # steps of linear learning-rate warm-up (per phase)
     device: str = "auto"            # auto | cpu | cuda | cuda:N | mps
     amp: bool = False               # bf16 autocast where numerically safe (CUDA only; pays off for wide nets)

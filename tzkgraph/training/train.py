@@ -14,19 +14,21 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from tzkgraph.core.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from tzkgraph.core.checkpoint import save_checkpoint
 from tzkgraph.data.dataset import load_graph_data
 from tzkgraph.core.distributed import setup
 from tzkgraph.core.errors import TzkError
 from tzkgraph.core.runtime import pick_device
 from tzkgraph.graph.executor import GraphExecutor
 from tzkgraph.graph.plan import plan_phase
-from tzkgraph.graph.model import TzKGraph, load_matching
+from tzkgraph.graph.model import TzKGraph
+from tzkgraph.training.state import RunState, start_state
 from tzkgraph.training.status import RunStatus, StopSignals
+from tzkgraph.training.step import Phase, start_phase, train_step
 from tzkgraph.use.sampling import write_sample_grids
-from tzkgraph.spec.types import GraphSpec, canonical_json
+from tzkgraph.spec.types import GraphSpec
 
-__all__ = ["RunResult", "run", "graph_identity"]
+__all__ = ["RunResult", "run"]
 
 
 @dataclass
@@ -43,70 +45,9 @@ class RunResult:
     skipped_steps: int = 0  # steps whose gradient was not finite, not applied
 
 
-def graph_identity(spec_dict: dict[str, Any]) -> str:
-    """The parts of a spec that define the model and its data (not training settings)."""
-    return canonical_json({k: v for k, v in spec_dict.items() if k != "train"})
-
-
 def _finite_line(line: dict[str, Any]) -> dict[str, Any]:
     """A metric line with non-finite values as ``None`` (JSON has no NaN)."""
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in line.items()}
-
-
-class _GradientClip:
-    """Clips the global gradient norm at ``factor`` times its running mean, on the device.
-
-    Scale-free (a stage's loss is in nats per example, so gradient norms run to thousands
-    and differ from graph to graph): only outliers are cut. The mean is an exponential
-    average (over about 100 steps) of the norms after clipping, started at the first
-    step's; a non-finite norm leaves it alone (that step is skipped, see ``run``). It is
-    kept in checkpoints, so a resumed run clips as an uninterrupted one.
-
-    Arguments:
-        factor: the multiple (0: no clipping).
-        mean: the running mean to continue from, if any.
-    """
-
-    def __init__(self, factor: float, mean: torch.Tensor | None = None):
-        self.factor, self.mean = factor, mean
-        self.clipped: torch.Tensor | None = None  # steps clipped since the last read
-
-    def __call__(self, grads: list[torch.Tensor], norm: torch.Tensor) -> None:
-        if not self.factor:
-            return
-        finite = torch.isfinite(norm)
-        if self.mean is None:
-            self.mean = torch.where(finite, norm, torch.zeros_like(norm)).detach()
-        first = self.mean == 0
-        coef = torch.where(first | ~finite, torch.ones_like(norm),
-                           (self.factor * self.mean / (norm + 1e-12)).clamp(max=1.0))
-        torch._foreach_mul_(grads, coef)
-        kept = torch.where(first, norm, 0.99 * self.mean + 0.01 * norm * coef)
-        self.mean = torch.where(finite, kept, self.mean).detach()
-        cut = (coef < 1).to(torch.float32)
-        self.clipped = cut if self.clipped is None else self.clipped + cut
-
-    def read(self) -> int:
-        """Steps clipped since the last read (a host sync; call at log lines)."""
-        n = 0 if self.clipped is None else int(self.clipped.item())
-        self.clipped = None
-        return n
-
-
-def _warmup(steps: int) -> Callable[[int], float]:
-    return lambda step: min(1.0, (step + 1) / steps) if steps > 0 else 1.0
-
-
-class _Objective(torch.nn.Module):
-    """A phase's objective as a module, so DistributedDataParallel can wrap it."""
-
-    def __init__(self, executor: GraphExecutor):
-        super().__init__()
-        self.executor = executor
-        self.model = executor.model  # registers the parameters
-
-    def forward(self, index: torch.Tensor, step: int, modes: dict[str, str]):
-        return self.executor.loss(index, step, modes)
 
 
 class _Throughput:
@@ -175,46 +116,6 @@ class _Log:
             self.tensorboard.close()
 
 
-def _start(spec: GraphSpec, model: TzKGraph, ckpt_path: Path, resume: bool, fresh: bool,
-           say: Callable[[str], None]) -> dict[str, Any] | None:
-    """Decides how a run starts from what is on disk; returns the checkpoint to continue, if any."""
-    if fresh or not ckpt_path.exists():
-        if resume:
-            raise TzkError(f"--resume: no checkpoint at {ckpt_path} to resume")
-        if spec.train.init_from:
-            state = load_checkpoint(spec.train.init_from)
-            new, mismatched = load_matching(model, state["model"])
-            if mismatched:
-                raise TzkError(f"train.init_from: {spec.train.init_from} has other shapes for "
-                               f"{len(mismatched)} weights (e.g. {mismatched[0]})")
-            say(f"initialised from {spec.train.init_from} ({len(new)} new weights)")
-        return None
-    state = load_checkpoint(ckpt_path)
-    same_graph = graph_identity(state["spec"]) == graph_identity(spec.to_dict())
-    if resume:
-        if not same_graph and not state.get("online"):
-            raise TzkError(f"--resume: {ckpt_path} holds a different graph than {spec.source}; "
-                           "use --fresh to start over")
-        return state
-    if same_graph:
-        if state["finished"]:
-            return state
-        raise TzkError(f"{ckpt_path}: an unfinished run (step {state['step']}) of this graph is there: "
-                       "pass --resume to continue it or --fresh to start over")
-    # The graph changed: online knowledge when the old weights all fit the new graph.
-    new, mismatched = load_matching(model, state["model"])
-    removed = [k for k in state["model"] if k not in model.state_dict()]
-    if mismatched or removed or not new:
-        what = (f"{len(mismatched)} weights change shape" if mismatched else
-                f"{len(removed)} weights are gone" if removed else "no new part to train")
-        raise TzkError(f"{ckpt_path}: holds a run of a different graph ({what}); "
-                       "pass --fresh to replace it, or set train.out_dir")
-    online = sorted({model.part_of(k) for k in new})
-    say(f"online knowledge: keeping every trained weight, training only {', '.join(online)}")
-    return dict(state, online=online, phase=0, phase_step=0, optimizer=None, finished=False,
-                model=model.state_dict(), spec=spec.to_dict(), new_run=True)
-
-
 def run(spec: GraphSpec, *, resume: bool = False, fresh: bool = False, progress: bool = True,
         stop_after: int | None = None, say: Callable[[str], None] = print) -> RunResult:
     """Trains ``spec``'s phases in order, checkpointing into ``out_dir/name``.
@@ -241,19 +142,15 @@ def run(spec: GraphSpec, *, resume: bool = False, fresh: bool = False, progress:
     torch.manual_seed(spec.seed)
     generator = torch.Generator(device=device).manual_seed(spec.seed)
     model = TzKGraph(spec).to(device)
-    state = _start(spec, model, ckpt_path, resume, fresh, say)
-    if state is not None and state["finished"]:
-        say(f"{run_dir}: already trained ({state['step']} steps); --fresh retrains, "
+    state = start_state(spec, model, ckpt_path, resume, fresh, say)
+    if state is not None and state.finished:
+        say(f"{run_dir}: already trained ({state.step} steps); --fresh retrains, "
             "and adding knowledge types to the YAML trains only those")
-        return RunResult(run_dir, state["step"], True)
-    online = state.get("online") if state else None
-    phase_index = state["phase"] if state else 0
-    phase_step = state["phase_step"] if state else 0
-    step = state["step"] if state else 0
+        return RunResult(run_dir, state.step, True)
     if state is not None:
-        model.load_state_dict(state["model"])
-        if not state.get("new_run"):
-            set_rng_state(state["rng"], generator)
+        state.restore(model, generator)
+    online = state.online if state else None
+    phase_index, phase_step, step = (state.phase, state.phase_step, state.step) if state else (0, 0, 0)
     try:
         data = load_graph_data(spec.data, "train", device=device)
     except TzkError as error:  # the data is missing: say so where the run would have been
@@ -265,22 +162,22 @@ def run(spec: GraphSpec, *, resume: bool = False, fresh: bool = False, progress:
     where = f"{job.world_size} processes" if job.enabled else str(device)
     say(f"training {spec.name} on {where}; run directory {run_dir}")
     use_amp = train.amp and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    wrap = (lambda objective: DistributedDataParallel(
+        objective, device_ids=[device.index] if device.type == "cuda" else None)) if job.enabled else None
     result = RunResult(run_dir, step, False)
+    current: Phase | None = None  # the phase under way
 
-    def checkpoint(optimizer, scheduler, finished: bool) -> None:
+    def checkpoint(finished: bool) -> None:
         bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
         if bad:
             raise TzkError(f"step {step}: non-finite weights ({bad[0]}); stopped, the last good "
                            f"checkpoint {ckpt_path} is kept")
         if not job.is_main:
             return
-        save_checkpoint(ckpt_path, {
-            "spec": spec.to_dict(), "model": model.state_dict(),
-            "optimizer": optimizer.state_dict() if optimizer else None,
-            "scheduler": scheduler.state_dict() if scheduler else None,
-            "phase": phase_index, "phase_step": phase_step, "step": step, "finished": finished,
-            "online": online, "rng": rng_state(generator),
-            "clip_mean": clip.mean.cpu() if optimizer and clip.mean is not None else None})
+        now = RunState.capture(spec, model, generator, phase=phase_index, phase_step=phase_step,
+                               step=step, finished=finished, online=online,
+                               phase_state=current.state_dict() if current is not None else None)
+        save_checkpoint(ckpt_path, now.to_checkpoint())
         (run_dir / "graph.json").write_text(json.dumps(spec.to_dict(), indent=1))
 
     status = RunStatus(run_dir, enabled=job.is_main)
@@ -290,8 +187,12 @@ def run(spec: GraphSpec, *, resume: bool = False, fresh: bool = False, progress:
     def stop(state: str, reason: str | None = None) -> None:
         status.write(state, step, phase_name, reason)
 
+    # a graph the compiler cannot build runs eagerly (with torch's warning) instead of stopping
+    # the run: seen once, a Triton failure on an H100 (torch 2.11, Triton 3.6). For this run only.
+    compiling = (torch._dynamo.config.patch(suppress_errors=True) if train.compile
+                 else contextlib.nullcontext())
     try:
-        with signals.active():
+        with signals.active(), compiling:
             stop("running")
             while phase_index < len(train.phases):
                 phase = train.phases[phase_index]
@@ -308,28 +209,16 @@ def run(spec: GraphSpec, *, resume: bool = False, fresh: bool = False, progress:
                 executor = GraphExecutor(model, data, plan, train.cache_dir, progress=progress)
                 result.caches_built += executor.caches_built
                 result.trained_parts = sorted(set(result.trained_parts) | trainable)
-                # fused: one kernel over all tensors instead of one loop per tensor (about 5x faster
-                # on CPU); and it skips, on the device, a step whose gradient is not finite (found_inf)
-                optimizer = torch.optim.Adam(params, lr=train.lr, fused=True)
-                scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup(train.warmup))
-                clip = _GradientClip(train.clip_grad)
-                if state is not None and state.get("optimizer") and state["phase"] == phase_index:
-                    optimizer.load_state_dict(state["optimizer"])
-                    scheduler.load_state_dict(state["scheduler"])
-                    if state.get("clip_mean") is not None:
-                        clip.mean = state["clip_mean"].to(device)
-                objective: torch.nn.Module = _Objective(executor)
-                if job.enabled:
-                    objective = DistributedDataParallel(
-                        objective, device_ids=[device.index] if device.type == "cuda" else None)
+                current = start_phase(executor, params, lr=train.lr, warmup_steps=train.warmup,
+                                      clip_grad=train.clip_grad, amp=use_amp, wrap=wrap)
+                if state is not None and state.phase_state and state.phase == phase_index:
+                    current.load_state_dict(state.phase_state)
                 # the first step runs eagerly: ActNorm's data-dependent initialisation is host logic
-                compiled = objective
+                compiled = current.objective
                 if train.compile:
-                    # a graph the compiler cannot build runs eagerly (with torch's warning) instead of
-                    # stopping the run: seen once, a Triton failure on an H100 (torch 2.11, Triton 3.6)
-                    torch._dynamo.config.suppress_errors = True
-                    compiled = torch.compile(objective, mode=None if train.compile is True else train.compile)
-                loss_fn = objective
+                    compiled = torch.compile(current.objective,
+                                             mode=None if train.compile is True else train.compile)
+                loss_fn = current.objective
                 bar = tqdm(total=phase.steps, initial=phase_step, desc=f"{spec.name}/{phase.name}",
                            unit="step", disable=not progress, dynamic_ncols=True)
                 clock = _Throughput(train.batch_size)
@@ -339,35 +228,23 @@ def run(spec: GraphSpec, *, resume: bool = False, fresh: bool = False, progress:
                     # the global batch, drawn alike on every process; each takes its share
                     index = torch.randint(len(data), (train.batch_size,), device=device, generator=generator)
                     index = index.view(job.world_size, -1)[job.rank]
-                    modes = executor.draw_modes()
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                        loss, metrics = loss_fn(index, step, modes)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    # An outlier batch whose gradient overflows is skipped, not applied: the
-                    # weights stay finite, and the host learns of it at the next log line.
-                    grads = [p.grad for p in params if p.grad is not None]
-                    norm = torch.nn.utils.get_total_norm(grads)
-                    clip(grads, norm)
-                    optimizer.found_inf = (~torch.isfinite(norm)).to(torch.float32)
-                    skipped = skipped + optimizer.found_inf
-                    optimizer.step()
-                    scheduler.step()
+                    _, metrics, was_skipped = train_step(current, index, step, executor.draw_modes(), loss_fn)
+                    skipped = skipped + was_skipped  # the host learns of it at the next log line
                     step, phase_step, since_log = step + 1, phase_step + 1, since_log + 1
                     loss_fn = compiled
                     clock.step()
                     bar.update(1)
                     last = phase_step == phase.steps
                     if step % train.log_every == 0 or last:
-                        line = {"step": step, "phase": phase.name, "lr": scheduler.get_last_lr()[0]}
+                        line = {"step": step, "phase": phase.name, "lr": current.scheduler.get_last_lr()[0]}
                         names = sorted(metrics)
                         values = job.mean(torch.stack([metrics[k].float() for k in names] + [skipped]))
                         *values, n_skipped = values.tolist()
                         line.update(zip(names, values))
                         line["skipped_steps"] = int(round(n_skipped))
-                        line["clipped_steps"] = clip.read()
-                        if clip.mean is not None:
-                            line["grad_norm_mean"] = float(clip.mean)
+                        line["clipped_fraction"] = current.clip.read()
+                        if current.clip.scales is not None:
+                            line["grad_norm_scale"] = current.clip.scale()
                         line.update(clock.read())  # after .tolist(): the device has caught up
                         result.skipped_steps += line["skipped_steps"]
                         if line["skipped_steps"] >= since_log:
@@ -384,13 +261,13 @@ def run(spec: GraphSpec, *, resume: bool = False, fresh: bool = False, progress:
                     stopping = stop_after is not None and step >= stop_after
                     signalled = signals.received is not None and not job.enabled
                     if last:  # the next phase starts with a new optimizer
-                        phase_index, phase_step = phase_index + 1, 0
+                        phase_index, phase_step, current = phase_index + 1, 0, None
                     with clock.excluded():
                         if last:
-                            checkpoint(None, None, finished=phase_index == len(train.phases))
+                            checkpoint(finished=phase_index == len(train.phases))
                         elif stopping or signalled or (train.checkpoint_every
                                                        and step % train.checkpoint_every == 0):
-                            checkpoint(optimizer, scheduler, finished=False)
+                            checkpoint(finished=False)
                         if job.is_main and train.sample_every and not signalled and (
                                 step % train.sample_every == 0 or (last and phase_index == len(train.phases))):
                             write_sample_grids(model, spec, run_dir, step)  # pictures of progress; RNG untouched
