@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -29,3 +31,15 @@ def test_a_flow_is_a_density_model(flow):
     z, logdet = flow(x)
     assert torch.allclose(flow.log_prob(x), gaussian_log_prob(z) + logdet)
     assert torch.allclose(z.flatten(1).std(), torch.tensor(0.5), atol=0.25)  # drawn at temperature 0.5
+
+
+def test_the_readme_library_example_runs():
+    # the README's first library example, as written (our own file, not user input)
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    start = text.index("tzkgraph is also a library.")
+    block = text[text.index("```python\n", start) + len("```python\n"):]
+    block = block[:block.index("```")]
+    names: dict = {}
+    exec(compile(block, "README.md (library example)", "exec"), names)
+    assert names["images"].shape == (16, 1, 32, 32) and names["codes"].shape == (8, 10)
+    assert torch.isfinite(names["loss"]) and torch.isfinite(names["out"].loss)

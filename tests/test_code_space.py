@@ -11,7 +11,7 @@ import torch
 
 from tzkgraph.model.stage import TzKStage
 
-from conftest import randomize
+from helpers import randomize
 
 DIMS = {"a": 2, "b": 3}
 

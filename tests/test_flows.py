@@ -11,7 +11,7 @@ import torch
 from tzkgraph.model.flows import (ActNorm, AffineCoupling, Glow, InvConvLU, Shuffle, Squeeze,
                             SymLog, VectorFlow)
 
-from conftest import autocast_round_trip, jacobian_logdet, randomize
+from helpers import autocast_round_trip, jacobian_logdet, randomize
 
 CASES = {
     "actnorm-image": (lambda: ActNorm(3), (3, 4, 4)),
@@ -63,6 +63,18 @@ def test_inverse_is_exact(name):
     z, logdet = flow(x)
     assert logdet.shape == (3,)
     assert (flow.inverse(z) - x).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("name", [n for n in CASES if any(True for _ in CASES[n][0]().parameters())])
+def test_every_parameter_receives_a_gradient(name):
+    # the negative log-likelihood under a standard normal base: a parameter it does not reach
+    # (a net cut off, a scale detached) would never train
+    flow, x = _randomized(name)
+    flow.train()
+    z, logdet = flow(x)
+    (0.5 * z.flatten(1).square().sum(1) - logdet).sum().backward()
+    dead = [n for n, p in flow.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not dead, dead
 
 
 @pytest.mark.parametrize("name", list(CASES))

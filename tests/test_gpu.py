@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 
 from tzkgraph.core.checkpoint import load_checkpoint
@@ -16,7 +15,7 @@ from tzkgraph.model.stage import TzKStage
 from tzkgraph.spec.load import load_spec
 from tzkgraph.training.train import run
 
-from conftest import autocast_round_trip, randomize, requires_cuda
+from helpers import autocast_round_trip, randomize, requires_cuda
 
 pytestmark = requires_cuda
 CUDA = torch.device("cuda")

@@ -3,8 +3,6 @@ classifies held-out MNIST digits far above chance, and its conditionals beat its
 
 from __future__ import annotations
 
-import torch
-
 from tzkgraph.data.dataset import load_graph_data
 from tzkgraph.use.evaluate import evaluate, load_trained
 from tzkgraph.spec.load import load_spec

@@ -17,7 +17,7 @@ from tzkgraph.graph.executor import GraphExecutor
 from tzkgraph.training.status import read_status
 from tzkgraph.training.train import run
 
-from test_train import tiny
+from helpers import tiny
 
 
 def _status(tmp_path):

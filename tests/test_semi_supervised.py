@@ -12,10 +12,11 @@ from tzkgraph.graph.executor import GraphExecutor
 from tzkgraph.graph.plan import plan_phase
 from tzkgraph.graph.model import TzKGraph
 from tzkgraph.spec.present import PresentRule
-from tzkgraph.spec.load import load_spec
 
-from conftest import randomize
-from test_train import tiny
+from tzkgraph.training.step import BatchSampler
+from tzkgraph.training.train import run
+
+from helpers import randomize, tiny
 
 
 def test_first_per_class_keeps_n_of_each_label():
@@ -65,6 +66,36 @@ def test_unknown_labels_do_not_reach_the_objective(tmp_path):
     torch.testing.assert_close(a, b)
     full = tiny(tmp_path)
     assert not torch.allclose(_loss(full, None), _loss(full, 4))  # (while known labels do)
+
+
+def test_labelled_share_draws_that_share_of_every_batch_from_labelled_examples():
+    known = torch.zeros(1000, dtype=torch.bool)
+    known[torch.arange(0, 1000, 100)] = True  # 10 labelled examples of 1000
+    draw = BatchSampler(1000, 64, torch.Generator().manual_seed(0), known, labelled_share=0.5)
+    batches = torch.stack([draw() for _ in range(200)])
+    share = known[batches].float().mean(1)  # 32 drawn labelled + the ~1% of the rest that are
+    assert share.min() >= 0.5 and abs(float(share.mean()) - (0.5 + 0.5 * 0.01)) < 0.01
+    assert len(batches.unique()) > 990  # the rest from every example (6400 draws of 1000)
+    # positions are random: the first half of a batch is no more labelled than the second
+    assert abs(float(known[batches[:, :32]].float().mean() - known[batches[:, 32:]].float().mean())) < 0.05
+    plain = BatchSampler(1000, 64, torch.Generator().manual_seed(0))
+    assert torch.equal(plain(), torch.randint(1000, (64,), generator=torch.Generator().manual_seed(0)))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.labelled_share=0.5"], "train.labelled_share: needs data.labelled"),
+    (["data.labelled=5", "train.labelled_share=1"], "train.labelled_share: expected a number < 1"),
+    (["data.labelled=5", "train.labelled_share=0"], "train.labelled_share: expected a number > 0"),
+])
+def test_labelled_share_is_validated(tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        tiny(tmp_path, *overrides)
+
+
+def test_a_labelled_share_run_trains(tmp_path):
+    result = run(tiny(tmp_path, "data.labelled=5", "train.labelled_share=0.5"), progress=False,
+                 say=lambda _: None)
+    assert result.finished and result.skipped_steps == 0
 
 
 def test_an_edge_by_label_is_refused_with_labelled(tmp_path):
@@ -117,3 +148,41 @@ def test_a_failing_stage_is_named(tmp_path, monkeypatch):
     monkeypatch.setattr(model.stages["digits"], "loss", fails)
     with pytest.raises(RuntimeError, match="^stage 'digits': mat1 and mat2 shapes cannot be multiplied$"):
         executor.loss(torch.arange(8))
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["recomputed", "cached-parent"])
+def test_a_child_observes_the_posterior_mean_with_observed_as_mean(tmp_path, monkeypatch, cached):
+    """``observed_as: mean``: the digit stage's t is f_c⁻¹(μ(t)) of images/mnist, whatever the
+    noise; by default a draw c ~ p(c|e=1,t), which differs with the noise."""
+    def child_inputs(*overrides):
+        spec = tiny(tmp_path, *overrides)
+        torch.manual_seed(0)
+        model = randomize(TzKGraph(spec), 0.2)
+        data = load_graph_data(spec.data, "train")
+        trains = ("digits",) if cached else ("images/mnist", "digits")
+        plan = plan_phase(spec, frozenset(p for p in spec.atomic_parts() if p.startswith(trains)))
+        executor = GraphExecutor(model, data, plan, tmp_path / "cache", progress=False, use_cache=cached)
+        seen = []
+        digits = model.stages["digits"]
+        real = digits.loss
+        monkeypatch.setattr(digits, "loss", lambda t, *a, **k: seen.append(t.detach()) or real(t, *a, **k))
+        index = torch.arange(16)
+        for seed in (1, 2):
+            torch.manual_seed(seed)
+            executor.loss(index, modes={"images": "encoder", "digits": "encoder"})
+        with torch.no_grad():
+            kn = model.stages["images"].knowledge["mnist"]
+            mean, _ = kn.posterior(data.observations(index, fixed=True), 1)
+            centre = kn.code_flow.inverse(mean)
+        return seen, centre
+
+    (a, b), centre = child_inputs("stages.images.knowledge.mnist.observed_as=mean")
+    assert torch.equal(a, b) and torch.allclose(a, centre, atol=1e-5)
+    (a, b), centre = child_inputs()
+    assert not torch.allclose(a, b) and not torch.allclose(a, centre, atol=1e-3)
+
+
+def test_observed_as_is_validated(tmp_path):
+    with pytest.raises(ConfigError, match=r"stages.images.knowledge.mnist.observed_as: unknown way "
+                                          r"to observe a code 'centre'"):
+        tiny(tmp_path, "stages.images.knowledge.mnist.observed_as=centre")

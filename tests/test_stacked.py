@@ -12,7 +12,7 @@ from tzkgraph.model.nets import Knowledge
 from tzkgraph.model.stacked import StackedKnowledge, signature, stackable
 from tzkgraph.model.stage import TzKStage
 
-from conftest import randomize
+from helpers import randomize
 
 SMALL = dict(steps=2, hidden=8, net_hidden=8, code_steps=2, code_hidden=8)
 B = 16

@@ -10,7 +10,7 @@ import torch
 from tzkgraph.model.density import bits_per_dim, gaussian_log_prob
 from tzkgraph.model.stage import TzKStage, knowledge_terms
 
-from conftest import randomize
+from helpers import randomize
 
 
 def _image_stage(objective: str = "marginal") -> TzKStage:

@@ -7,18 +7,11 @@ import pytest
 
 from tzkgraph.core.checkpoint import load_checkpoint
 from tzkgraph.core.errors import TzkError
-from tzkgraph.spec.load import load_spec
 from tzkgraph.training.train import run
 
+from helpers import tiny
+
 LONGER = ["train.phases.0.steps=120", "train.phases.1.steps=60"]  # for the losses to fall
-
-
-def tiny(tmp_path, *overrides):
-    """tiny.yaml on 1000 MNIST images, 30 + 20 steps, writing under ``tmp_path``."""
-    quick = ["data.limit=1000", "train.log_every=5", "train.checkpoint_every=10",
-             "train.phases.0.steps=30", "train.phases.1.steps=20",
-             f"train.out_dir={tmp_path / 'runs'}", f"train.cache_dir={tmp_path / 'cache'}"]
-    return load_spec("graphs/tiny.yaml", quick + list(overrides))
 
 
 def _mean(history, key, phase, first: bool, n: int = 4):

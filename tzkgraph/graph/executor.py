@@ -195,10 +195,10 @@ class GraphExecutor:
             elif name in self.plan.cached_codes:
                 codes[name] = {}
                 for k in self.plan.emit[name]:
-                    m, s = self._frozen_posterior(name, k, t, index)
-                    codes[name][k] = stage.knowledge[k].code_flow.inverse(m + s.exp() * torch.randn_like(m))
+                    codes[name][k] = stage.child_code(k, *self._frozen_posterior(name, k, t, index))
             else:
-                codes[name] = {k: stage.encode(k, t) for k in self.plan.emit[name]}
+                codes[name] = {k: stage.child_code(k, *stage.knowledge[k].posterior(t, 1))
+                               for k in self.plan.emit[name]}
         metrics["loss"] = total.detach()  # the objective differentiated: the stages' sum
         metrics["bound"] = bound  # the paper's negative bound, summed the same way
         return total, metrics

@@ -19,7 +19,7 @@ def build_stage(spec: GraphSpec, name: str) -> TzKStage:
     knowledge = {
         k.name: dict(code_dim=k.code_dim, code_steps=k.code_flow.steps,
                      code_hidden=k.code_flow.hidden, permutation=k.code_flow.permutation,
-                     volume_preserving=k.code_flow.volume_preserving)
+                     volume_preserving=k.code_flow.volume_preserving, observed_as=k.observed_as)
         for k in stage.knowledge
     }
     return TzKStage(spec.t_shape(name), knowledge, levels=stage.flow.levels or 1,

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from tzkgraph.model.density import gaussian_log_prob
 from tzkgraph.model.flows import ActNorm, VectorFlow
 
-__all__ = ["encoder_net", "mlp", "GaussianHead", "Knowledge", "float32"]
+__all__ = ["encoder_net", "mlp", "GaussianHead", "Knowledge", "float32", "gaussian_params"]
 
 LOG_STD_BOUND = 5.0  # σ ∈ (e^-5, e^5): no overflow, still sharp enough for codes
 
@@ -83,8 +83,16 @@ class GaussianHead(nn.Module):
         self.net = net
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        mean, raw = self.net(x).chunk(2, dim=1)
-        return mean, LOG_STD_BOUND * torch.tanh(raw / LOG_STD_BOUND)
+        return gaussian_params(self.net(x))
+
+
+def gaussian_params(out: Tensor) -> tuple[Tensor, Tensor]:
+    """A net's ``2·dim`` outputs (last dim) as ``(mean, log_std)``, ``log_std`` softly bounded to ``±5``.
+
+    One definition for :class:`GaussianHead` and the stacked layers.
+    """
+    mean, raw = out.chunk(2, dim=-1)
+    return mean, LOG_STD_BOUND * torch.tanh(raw / LOG_STD_BOUND)
 
 
 def float32(x: Tensor) -> Tensor:
@@ -113,13 +121,19 @@ class Knowledge(nn.Module):
             rescaling every code by α, which the nets' input ActNorms absorb, lowers the
             loss by ``C·log(1/α)`` per code density, and code spaces collapse
             (README, "Code space").
+        observed_as: what a child stage observing this code sees: ``"sample"``, a draw
+            ``c ~ p(c | e=1, t)`` (the paper), or ``"mean"``, ``f_c⁻¹(μ(t))`` (see
+            :meth:`tzkgraph.model.stage.TzKStage.child_code`).
     """
 
     def __init__(self, t_shape: Sequence[int], z_dim: int, code_dim: int, hidden: int = 64,
                  code_steps: int = 4, code_hidden: int = 64, permutation: str = "shuffle",
-                 volume_preserving: bool = True):
+                 volume_preserving: bool = True, observed_as: str = "sample"):
         super().__init__()
+        if observed_as not in ("sample", "mean"):
+            raise ValueError(f"observed_as must be 'sample' or 'mean', got {observed_as!r}")
         self.code_dim = code_dim
+        self.observed_as = observed_as
         self.code_flow = VectorFlow(code_dim, code_steps, code_hidden, permutation,
                                     volume_preserving=volume_preserving)
         self.encoder_discriminator = encoder_net(t_shape, hidden, 1)

@@ -32,6 +32,8 @@ from torch import Tensor, nn
 from tzkgraph.model import nets
 from tzkgraph.model.flows import ActNorm, AffineCoupling, FlowSequence, InvConvLU, Shuffle, VectorFlow
 from tzkgraph.model.flows import coupling
+from tzkgraph.model.flows.actnorm import actnorm_log_scale
+from tzkgraph.model.flows.permute import lu_weight
 from tzkgraph.model.flows.base import centred
 
 __all__ = ["StackedModules", "StackedKnowledge", "signature", "stackable", "actnorms_settled"]
@@ -150,8 +152,7 @@ def actnorms_settled(actnorms: Sequence[ActNorm]) -> bool:
 
 def _actnorm_log_scale(s: StackedModules, m: ActNorm) -> Tensor:
     """:meth:`ActNorm.effective_log_scale` for all ``K``, ``(K, C)``."""
-    log_scale = s.tensor(m, "log_scale")
-    return centred(log_scale) if m.volume_preserving else log_scale
+    return actnorm_log_scale(s.tensor(m, "log_scale"), m.volume_preserving)
 
 
 def _actnorm_forward(s: StackedModules, m: ActNorm, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -192,11 +193,8 @@ def _lu_log_s(s: StackedModules, m: InvConvLU) -> Tensor:
 
 def _lu_weight(s: StackedModules, m: InvConvLU) -> Tensor:
     """:meth:`InvConvLU.weight` for all ``K``, ``(K, C, C)``."""
-    mask, eye = s.tensor(m, "lower_mask"), s.tensor(m, "eye")
-    lower = s.tensor(m, "lower") * mask + eye
-    diagonal = torch.diag_embed(s.tensor(m, "sign_s") * _lu_log_s(s, m).exp())
-    upper = s.tensor(m, "upper") * mask.transpose(1, 2) + diagonal
-    return s.tensor(m, "p") @ lower @ upper
+    return lu_weight(*(s.tensor(m, name) for name in ("p", "lower", "upper", "lower_mask", "eye", "sign_s")),
+                     _lu_log_s(s, m))
 
 
 def _mix(x: Tensor, weight: Tensor) -> Tensor:
@@ -265,8 +263,7 @@ def _sequential(s: StackedModules, m: nn.Sequential, x: Tensor) -> Tensor:
 
 
 def _gaussian_head(s: StackedModules, m: nets.GaussianHead, x: Tensor) -> tuple[Tensor, Tensor]:
-    mean, raw = s(m.net, x).chunk(2, dim=-1)
-    return mean, nets.LOG_STD_BOUND * torch.tanh(raw / nets.LOG_STD_BOUND)
+    return nets.gaussian_params(s(m.net, x))
 
 
 _LAYERS: dict[type, Callable] = {

@@ -200,6 +200,18 @@ class TzKStage(nn.Module):
         noise = torch.randn_like(mean)
         return self.knowledge[name].code_flow.inverse(mean + temperature * log_std.exp() * noise)
 
+    def child_code(self, name: str, mean: Tensor, log_std: Tensor) -> Tensor:
+        """What a child stage observes of code ``name`` given its posterior ``(μ, log σ)``, ``(B, C)``.
+
+        A draw ``c ~ p(c | e=1, t)`` (the knowledge type's ``observed_as: sample``, the
+        paper's), or ``f_c⁻¹(μ)`` (``mean``): the code at the posterior's base-space mean,
+        without the posterior's noise, which under the marginal objective is wider than
+        the spread of the means between images (README, Quality).
+        """
+        if self.knowledge[name].observed_as == "mean":
+            return self.knowledge[name].code_flow.inverse(mean)
+        return self.draw_code(name, mean, log_std)
+
     def conditional_log_prob(self, name: str, t: Tensor, z: Tensor | None = None,
                              logdet: Tensor | None = None) -> Tensor:
         """``log p(t | e=1, c)`` with ``c ~ p(c | e=1, t)`` (the paper's Appendix C), ``(B,)``."""
@@ -287,7 +299,8 @@ class TzKStage(nn.Module):
                 gives the plain flow NLL ``−log p(t)`` (K = 0).
             mode: objective "paper": ``"encoder"`` or ``"decoder"`` to fix the code source;
                 ``None`` draws it (unused by "marginal").
-            emit_codes: knowledge types whose ``c ~ p(c | e=1, t)`` to return.
+            emit_codes: knowledge types whose codes to return, as a child observes them
+                (:meth:`child_code`).
             weight: ``(B,)`` per-example weights (default 1). A graph passes 0 for
                 examples whose parent knowledge is absent, which keeps every shape
                 static (no data-dependent indexing). The loss is ``Σ w·L / B``, so
@@ -336,7 +349,7 @@ class TzKStage(nn.Module):
         codes = {}
         for name in emit_codes:
             mu, log_sigma = posteriors.get(name) or self.knowledge[name].encoder_posterior[1](t)
-            codes[name] = self.draw_code(name, mu, log_sigma)
+            codes[name] = self.child_code(name, mu, log_sigma)
         log_p_dec = log_p_knowledge - (len(names) - 1) * log_p_t
         objective = -0.5 * per_example(log_p_enc + (log_p_knowledge if cut else log_p_dec))
         bound = -0.5 * per_example(log_p_enc.detach() + log_p_dec.detach())

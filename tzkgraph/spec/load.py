@@ -28,7 +28,8 @@ __all__ = [
 TOP_KEYS = ("name", "seed", "data", "stages", "train")
 DATA_KEYS = ("root", "sources", "image", "dequant_seed", "limit", "labelled")
 STAGE_KEYS = ("observe", "flow", "code_flow", "nets", "knowledge", "objective", "exact_gradient", "edge_gradient")
-KNOWLEDGE_KEYS = ("code_dim", "present", "code_flow", "group")
+KNOWLEDGE_KEYS = ("code_dim", "present", "code_flow", "group", "observed_as")
+OBSERVED_AS = ("sample", "mean")  # what a child stage observes of a parent code
 FLOW_KEYS = ("levels", "steps", "hidden", "permutation", "activation")
 ACTIVATIONS = ("swish", "relu")    # the keys of tzkgraph.model.flows.coupling.ACTIVATIONS
 CODE_FLOW_KEYS = ("steps", "hidden", "permutation", "volume_preserving")
@@ -331,8 +332,10 @@ def _read_knowledge(name: str, value: Any, where: str, group: str | None,
         if not _GROUP_NAME_RE.fullmatch(group) or group == FLOW_PART:
             raise ConfigError(f"{where}.group", f"expected a group name of letters, digits, "
                                                 f"'_' and '.' (not 'flow'), got {group!r}")
+    observed_as = read_choice(raw.get("observed_as", "sample"), f"{where}.observed_as", OBSERVED_AS,
+                              "way to observe a code")
     return KnowledgeSpec(name, code_dim, present, group,
-                         _read_code_flow(raw.get("code_flow"), f"{where}.code_flow", code_flow))
+                         _read_code_flow(raw.get("code_flow"), f"{where}.code_flow", code_flow), observed_as)
 
 
 def _check_graph(spec: GraphSpec, places: dict) -> None:
@@ -409,7 +412,20 @@ def _read_train(value: Any, spec: GraphSpec) -> TrainSpec:
         out_dir=read_str(get("out_dir"), "train.out_dir"),
         cache_dir=read_str(get("cache_dir"), "train.cache_dir"),
         init_from=read_str(get("init_from"), "train.init_from", nullable=True),
+        labelled_share=_read_labelled_share(get("labelled_share"), spec),
     )
+
+
+def _read_labelled_share(value: Any, spec: GraphSpec) -> float | None:
+    if value is None:
+        return None
+    share = read_float(value, "train.labelled_share", gt=0)
+    if share >= 1:
+        raise ConfigError("train.labelled_share", f"expected a number < 1 (the labelled share of a "
+                          f"batch), got {share:g}")
+    if spec.data is None or spec.data.labelled is None:
+        raise ConfigError("train.labelled_share", "needs data.labelled (which labels are known)")
+    return share
 
 
 def _read_phase(value: Any, i: int, spec: GraphSpec) -> PhaseSpec:

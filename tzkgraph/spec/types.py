@@ -120,12 +120,15 @@ class KnowledgeSpec:
     present: PresentRule           # which examples have e = 1
     group: str | None = None       # mutually exclusive group (range key such as "0..9"), or None
     code_flow: CodeFlowSpec = field(default_factory=CodeFlowSpec)
+    observed_as: str = "sample"    # what a child observes of c: "sample" c ~ p(c|e=1,t), or "mean" f_c⁻¹(μ)
 
     def to_dict(self) -> dict[str, Any]:
         out = {"code_dim": self.code_dim, "present": self.present.to_dict(),
                "code_flow": asdict(self.code_flow)}
         if self.group is not None:
             out["group"] = self.group
+        if self.observed_as != "sample":  # left out by default: older graphs keep their identity
+            out["observed_as"] = self.observed_as
         return out
 
 
@@ -221,6 +224,7 @@ class TrainSpec:
     out_dir: str = "runs"           # the run directory is out_dir/<graph name>
     cache_dir: str = "cache"        # HDF5 latent caches of frozen parts
     init_from: str | None = None    # checkpoint to load weights from; missing keys = new parts
+    labelled_share: float | None = None  # with data.labelled: this share of every batch drawn from labelled examples
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k != "phases"}

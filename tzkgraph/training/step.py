@@ -15,7 +15,45 @@ from torch import Tensor, nn
 
 from tzkgraph.graph.executor import GraphExecutor
 
-__all__ = ["GradientClip", "Phase", "start_phase", "train_step", "warmup"]
+__all__ = ["BatchSampler", "GradientClip", "Phase", "start_phase", "train_step", "warmup"]
+
+
+class BatchSampler:
+    """Draws a training batch's example indices, uniformly with replacement, on the device.
+
+    With ``labelled_share`` (semi-supervised, ``data.labelled``), that share of each batch
+    is drawn from the examples whose labels are known and the rest from all examples, in
+    random positions: with 100 labels per digit among 60,000 images a uniform batch of 64
+    holds one labelled image. Labelled examples then weigh more than their share of the
+    data, as in the semi-supervised VAE's weighting of its labelled term.
+
+    Arguments:
+        n: the number of examples.
+        batch_size: the global batch (every process draws it alike and takes its share).
+        generator: the run's data generator (checkpointed with the run).
+        label_known: ``(N,)`` bool, whose labels are known (``GraphData.label_known``).
+        labelled_share: the share of a batch drawn from those (``train.labelled_share``).
+    """
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator,
+                 label_known: Tensor | None = None, labelled_share: float | None = None):
+        self.n, self.batch_size, self.generator = n, batch_size, generator
+        self.known = None
+        self.n_labelled = 0
+        if labelled_share and label_known is not None:
+            self.known = label_known.nonzero().squeeze(1)
+            self.n_labelled = min(batch_size, max(1, round(labelled_share * batch_size)))
+
+    def __call__(self) -> Tensor:
+        device = self.generator.device
+        if self.known is None or not len(self.known):
+            return torch.randint(self.n, (self.batch_size,), device=device, generator=self.generator)
+        labelled = self.known[torch.randint(len(self.known), (self.n_labelled,), device=device,
+                                            generator=self.generator)]
+        rest = torch.randint(self.n, (self.batch_size - self.n_labelled,), device=device,
+                             generator=self.generator)
+        order = torch.randperm(self.batch_size, device=device, generator=self.generator)
+        return torch.cat([labelled, rest])[order]
 
 
 class GradientClip:

@@ -24,7 +24,7 @@ from tzkgraph.graph.plan import plan_phase
 from tzkgraph.graph.model import TzKGraph
 from tzkgraph.training.state import RunState, start_state
 from tzkgraph.training.status import RunStatus, StopSignals
-from tzkgraph.training.step import Phase, start_phase, train_step
+from tzkgraph.training.step import BatchSampler, Phase, start_phase, train_step
 from tzkgraph.use.sampling import write_sample_grids
 from tzkgraph.spec.types import GraphSpec
 
@@ -164,6 +164,7 @@ def run(spec: GraphSpec, *, resume: bool = False, fresh: bool = False, progress:
     use_amp = train.amp and device.type == "cuda" and torch.cuda.is_bf16_supported()
     wrap = (lambda objective: DistributedDataParallel(
         objective, device_ids=[device.index] if device.type == "cuda" else None)) if job.enabled else None
+    draw = BatchSampler(len(data), train.batch_size, generator, data.label_known, train.labelled_share)
     result = RunResult(run_dir, step, False)
     current: Phase | None = None  # the phase under way
 
@@ -226,8 +227,7 @@ def run(spec: GraphSpec, *, resume: bool = False, fresh: bool = False, progress:
                 since_log = 0
                 while phase_step < phase.steps:
                     # the global batch, drawn alike on every process; each takes its share
-                    index = torch.randint(len(data), (train.batch_size,), device=device, generator=generator)
-                    index = index.view(job.world_size, -1)[job.rank]
+                    index = draw().view(job.world_size, -1)[job.rank]
                     _, metrics, was_skipped = train_step(current, index, step, executor.draw_modes(), loss_fn)
                     skipped = skipped + was_skipped  # the host learns of it at the next log line
                     step, phase_step, since_log = step + 1, phase_step + 1, since_log + 1

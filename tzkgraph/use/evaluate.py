@@ -155,8 +155,9 @@ class _Pass:
             if spec.is_root:
                 for k in wanted:
                     _, (mean, log_std) = self.posteriors[name, k]  # a root's mask is every row
-                    u = mean + log_std.exp() * torch.randn(n_draws, *mean.shape, device=mean.device)
-                    draws[name][k] = stage.knowledge[k].code_flow.inverse(u.flatten(0, 1)).view(u.shape)
+                    u = mean.expand(n_draws, *mean.shape)
+                    draws[name][k] = stage.child_code(k, u.flatten(0, 1), log_std.expand_as(u).flatten(0, 1)) \
+                        .view(u.shape)
                 continue
             rows = masks[name].nonzero().flatten()
             if len(rows) == 0 or not stage.names:
@@ -171,7 +172,7 @@ class _Pass:
                 right = _group_right(probs[:, cols], e[:, cols], group in exclusive, 0.5)
                 self.sums[name][f"group {group}/marginal_correct"] += float(right.sum())
             for k in wanted:
-                code = stage.encode(k, flat).view(n_draws, len(rows), -1)
+                code = stage.child_code(k, *stage.knowledge[k].posterior(flat, 1)).view(n_draws, len(rows), -1)
                 full = code.new_zeros(n_draws, len(index), code.shape[-1])
                 full[:, rows] = code
                 draws[name][k] = full
@@ -199,7 +200,7 @@ class _Pass:
             if (name, k) in self.observed_refs:
                 self.posteriors[name, k] = (mask, posterior[1])  # for _marginal
             c = stage.draw_code(k, *posterior[1])  # c ~ p(c | e=1, t) (Appendix C)
-            codes[k][mask] = c.float()
+            codes[k][mask] = (c if kn.observed_as == "sample" else stage.child_code(k, *posterior[1])).float()
             mean, log_std = kn.decoder[1](c)
             log_p = gaussian_log_prob(z, mean, log_std) + logdet  # log p(t | e=1, c)
             rows = present.nonzero().flatten()

@@ -8,7 +8,15 @@ from torch import Tensor, nn
 
 from .base import Flow, centred
 
-__all__ = ["ActNorm"]
+__all__ = ["ActNorm", "actnorm_log_scale"]
+
+
+def actnorm_log_scale(log_scale: Tensor, volume_preserving: bool) -> Tensor:
+    """The log-scale an ActNorm applies, ``(..., C)``: its parameter, centred when volume-preserving.
+
+    One definition for :class:`ActNorm` and the stacked layers (:mod:`tzkgraph.model.stacked`).
+    """
+    return centred(log_scale) if volume_preserving else log_scale
 
 
 class ActNorm(Flow):
@@ -46,7 +54,7 @@ class ActNorm(Flow):
 
     def effective_log_scale(self) -> Tensor:
         """The log-scale the layer applies: ``log_scale``, centred when volume-preserving."""
-        return centred(self.log_scale) if self.volume_preserving else self.log_scale
+        return actnorm_log_scale(self.log_scale, self.volume_preserving)
 
     def _view(self, p: Tensor, x: Tensor) -> Tensor:
         return p.view(1, -1, *([1] * (x.dim() - 2)))

@@ -7,7 +7,19 @@ from torch import Tensor, nn
 
 from .base import Flow, centred
 
-__all__ = ["Shuffle", "InvConvLU"]
+__all__ = ["Shuffle", "InvConvLU", "lu_weight"]
+
+
+def lu_weight(p: Tensor, lower: Tensor, upper: Tensor, lower_mask: Tensor, eye: Tensor,
+              sign_s: Tensor, log_s: Tensor) -> Tensor:
+    """``W = P L (U + diag(sign · exp(log_s)))`` from its factors, ``(..., C, C)``.
+
+    Leading dims batch (the stacked layers of :mod:`tzkgraph.model.stacked` pass ``K``
+    sets of factors); ``log_s`` as applied (centred when volume-preserving).
+    """
+    full_lower = lower * lower_mask + eye
+    full_upper = upper * lower_mask.transpose(-1, -2) + torch.diag_embed(sign_s * log_s.exp())
+    return p @ full_lower @ full_upper
 
 
 def _mix(x: Tensor, weight: Tensor) -> Tensor:
@@ -90,9 +102,8 @@ class InvConvLU(Flow):
     def weight(self) -> Tensor:
         """The (C, C) matrix ``W``, at the parameters' precision (also under autocast)."""
         with torch.autocast(self.lower.device.type, enabled=False):
-            lower = self.lower * self.lower_mask + self.eye
-            upper = self.upper * self.lower_mask.T + torch.diag(self.sign_s * self.effective_log_s().exp())
-            return self.p @ lower @ upper
+            return lu_weight(self.p, self.lower, self.upper, self.lower_mask, self.eye, self.sign_s,
+                             self.effective_log_s())
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         spatial = x[0, 0].numel()
