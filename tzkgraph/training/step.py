@@ -83,7 +83,8 @@ class GradientClip:
     def __init__(self, factor: float, params: list[Tensor], scales: Tensor | None = None,
                  rate: float = 0.1):
         self.factor, self.params, self.rate = factor, list(params), rate
-        self.scales = scales if scales is not None and scales.shape == (len(self.params),) else None
+        self.scales: Tensor | None = None
+        self.load_scales(scales)
         self._clipped: Tensor | None = None  # Σ over steps of the fraction of tensors clipped
         self._steps = 0  # steps since the last read
 
@@ -115,6 +116,13 @@ class GradientClip:
         self._clipped = cut if self._clipped is None else self._clipped + cut
         self._steps += 1
         return total
+
+    def load_scales(self, scales: Tensor | None) -> None:
+        """Continues from saved running scales; ``None`` or another shape (an older
+        checkpoint's single norm) leaves the clip to start afresh."""
+        if scales is not None and scales.shape == (len(self.params),):
+            device = self.params[0].device if self.params else None
+            self.scales = scales.to(device)
 
     def scale(self) -> float:
         """The running scales as one global norm (a host sync; for the log)."""
@@ -163,10 +171,7 @@ class Phase:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        if state.get("clip_scales") is not None:
-            device = self.clip.params[0].device if self.clip.params else None
-            self.clip.scales = GradientClip(self.clip.factor, self.clip.params,
-                                            state["clip_scales"].to(device)).scales
+        self.clip.load_scales(state.get("clip_scales"))
 
 
 def start_phase(executor: GraphExecutor, params: list[Tensor], *, lr: float, warmup_steps: int,
