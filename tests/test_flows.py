@@ -129,6 +129,19 @@ def test_actnorm_initializes_from_data():
     assert torch.allclose(z.std(dim=(0, 2, 3), unbiased=False), torch.ones(3), atol=1e-3)
 
 
+def test_actnorm_keeps_scale_one_on_a_constant_channel():
+    # A child observing its parent's posterior means sees one value at the start
+    # (the parent's last layers are zero): scale 1/eps there made the first step NaN.
+    layer = ActNorm(2)
+    x = torch.stack([torch.full((64,), 0.7), torch.randn(64) * 2], dim=1)
+    z, logdet = layer(x)
+    assert torch.allclose(layer.log_scale[0], torch.tensor(0.0), atol=1e-5)
+    assert torch.allclose(z[:, 0], torch.zeros(64), atol=1e-6) and torch.isfinite(logdet).all()
+    moved, _ = layer(x + 0.01)
+    assert torch.allclose(moved[:, 0], torch.full((64,), 0.01), atol=1e-5)
+    assert torch.allclose(z[:, 1].std(unbiased=False), torch.tensor(1.0), atol=1e-3)
+
+
 def test_reloaded_actnorm_is_not_reinitialized():
     layer = ActNorm(3)
     layer(5 + 3 * torch.randn(64, 3))

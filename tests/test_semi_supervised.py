@@ -182,6 +182,15 @@ def test_a_child_observes_the_posterior_mean_with_observed_as_mean(tmp_path, mon
     assert not torch.allclose(a, b) and not torch.allclose(a, centre, atol=1e-3)
 
 
+def test_a_run_observing_means_trains_from_the_zero_start(tmp_path):
+    # At the start every posterior mean is the same (zero last layers): the child's
+    # ActNorms must not standardise that constant by 1/eps (it made every step NaN).
+    spec = tiny(tmp_path, "stages.images.knowledge.mnist.observed_as=mean",
+                "train.phases.0.steps=2", "train.phases.1.steps=10")
+    result = run(spec, progress=False, say=lambda _: None)
+    assert result.finished and result.skipped_steps == 0
+
+
 def test_observed_as_is_validated(tmp_path):
     with pytest.raises(ConfigError, match=r"stages.images.knowledge.mnist.observed_as: unknown way "
                                           r"to observe a code 'centre'"):

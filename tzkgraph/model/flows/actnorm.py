@@ -11,6 +11,9 @@ from .base import Flow, centred
 __all__ = ["ActNorm", "actnorm_log_scale"]
 
 
+MIN_INIT_STD = 1e-3  # below this batch spread a channel counts as constant at initialisation
+
+
 def actnorm_log_scale(log_scale: Tensor, volume_preserving: bool) -> Tensor:
     """The log-scale an ActNorm applies, ``(..., C)``: its parameter, centred when volume-preserving.
 
@@ -23,7 +26,8 @@ class ActNorm(Flow):
     """Per-channel ``z = (x + bias) * exp(log_scale)`` (Glow).
 
     On the first ``forward`` in training mode the parameters are set so that
-    the batch's output has zero mean and unit variance per channel. Whether
+    the batch's output has zero mean and unit variance per channel (a channel
+    whose batch spread is below ``MIN_INIT_STD`` is only centred). Whether
     that happened is the buffer ``initialized``: it is saved in the
     ``state_dict``, so a reloaded model is never re-initialised.
 
@@ -80,6 +84,10 @@ class ActNorm(Flow):
         mean = global_mean(x)
         if x.numel() > x.shape[1] or distributed:
             std = global_mean((x - mean.view(1, -1, *([1] * (x.dim() - 2)))) ** 2).sqrt()
+            # A channel with no spread (a child observing its parent's posterior means,
+            # all equal at the parent's zero-initialised start) would get a scale of
+            # 1/eps and blow up the moment the inputs move: keep it at scale 1 instead.
+            std = torch.where(std < MIN_INIT_STD, torch.ones_like(std), std)
         else:  # a single vector: no spread to measure
             std = torch.ones_like(mean)
         self.bias.copy_(-mean)
