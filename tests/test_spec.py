@@ -62,6 +62,7 @@ def test_mnist_digits_is_the_dataset_to_digit_hierarchy():
     assert spec.t_shape("digits") == (10,)
     assert spec.parents("digits") == [("images", "mnist")]
     assert spec.children("images", "mnist") == ["digits"] and spec.children("images", "fashion") == []
+    assert spec.stage("images").get("mnist").observed_as == "mean"  # digits reads f_c⁻¹(μ) (README)
     digits = spec.stage("digits")
     assert digits.knowledge_names == [str(i) for i in range(10)]
     assert all(k.group == "0..9" and k.code_dim == 2 for k in digits.knowledge)
