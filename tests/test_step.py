@@ -1,4 +1,5 @@
-"""The training step's gradient clip: only outliers are cut, per tensor, and it continues on resume."""
+"""The training step's gradient clip (only outliers are cut, per tensor; it continues on resume)
+and the learning-rate schedule."""
 
 from __future__ import annotations
 
@@ -6,7 +7,11 @@ import math
 
 import torch
 
-from tzkgraph.training.step import GradientClip
+import pytest
+
+from tzkgraph.core.errors import ConfigError
+from tzkgraph.spec.load import load_spec
+from tzkgraph.training.step import GradientClip, schedule
 
 
 def _params(*sizes: int) -> list[torch.nn.Parameter]:
@@ -97,3 +102,24 @@ def test_no_clipping_at_factor_zero_and_scales_continue_from_a_checkpoint():
     assert math.isclose(_norms(params)[0], 8.0, rel_tol=1e-5)
     # an older checkpoint's single global norm (shape ()) starts afresh instead
     assert GradientClip(4.0, _params(3, 3), scales=torch.tensor(5.0)).scales is None
+
+
+def test_cosine_decay_follows_the_warm_up_down_to_zero_at_the_phase_end():
+    factor = schedule(100, 1100, "cosine")
+    assert factor(0) == pytest.approx(0.01) and factor(49) == pytest.approx(0.5)
+    assert factor(99) == pytest.approx(1.0)
+    assert factor(599) == pytest.approx(0.5, abs=1e-3)  # half way through the decay
+    assert factor(1099) == pytest.approx(0.0, abs=1e-6)
+    steps = [factor(s) for s in range(100, 1100)]
+    assert all(a >= b for a, b in zip(steps, steps[1:]))
+    hold = schedule(100, 1100)  # "none": the warm-up, then the rate held
+    assert hold(49) == pytest.approx(0.5) and hold(1099) == 1.0
+
+
+def test_lr_decay_is_read_validated_and_left_out_of_the_identity_by_default():
+    assert load_spec("graphs/tiny.yaml", ["train.lr_decay=cosine"]).train.lr_decay == "cosine"
+    default = load_spec("graphs/tiny.yaml").train
+    assert default.lr_decay == "none" and "lr_decay" not in default.to_dict()
+    with pytest.raises(ConfigError, match=r"train.lr_decay: unknown learning-rate decay 'linear' "
+                                          r"\(known: none, cosine\)"):
+        load_spec("graphs/tiny.yaml", ["train.lr_decay=linear"])

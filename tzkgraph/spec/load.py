@@ -15,7 +15,7 @@ from tzkgraph.core.fields import (check_keys, read_bool, read_choice, read_float
 from tzkgraph.core.errors import ConfigError
 from tzkgraph.spec.overrides import apply_overrides
 from tzkgraph.spec.present import DATASET_CLASSES, PresentRule, read_present
-from tzkgraph.spec.types import (COMPILE_MODES, DATA, FLOW_PART, CodeFlowSpec, DataSpec, FlowSpec, GraphSpec,
+from tzkgraph.spec.types import (COMPILE_MODES, DATA, LR_DECAYS, FLOW_PART, CodeFlowSpec, DataSpec, FlowSpec, GraphSpec,
                                  ImageSpec, KnowledgeSpec, NetsSpec, PhaseSpec, SourceSpec,
                                  StageSpec, TrainSpec, canonical_json, spec_hash)
 
@@ -403,6 +403,7 @@ def _read_train(value: Any, spec: GraphSpec) -> TrainSpec:
         lr=read_float(get("lr"), "train.lr", gt=0),
         clip_grad=read_float(get("clip_grad"), "train.clip_grad", ge=0),
         warmup=read_int(get("warmup"), "train.warmup", 0),
+        lr_decay=read_choice(get("lr_decay"), "train.lr_decay", LR_DECAYS, "learning-rate decay"),
         device=device,
         amp=read_bool(get("amp"), "train.amp"),
         compile=read_choice(get("compile"), "train.compile", COMPILE_MODES, "compile setting"),

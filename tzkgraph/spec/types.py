@@ -18,6 +18,7 @@ __all__ = [
     "canonical_json", "spec_hash",
 ]
 
+LR_DECAYS = ("none", "cosine")
 COMPILE_MODES = (False, True, "default", "reduce-overhead", "max-autotune",
                  "max-autotune-no-cudagraphs")  # train.compile: off, on, or torch.compile's mode
 DATA = "data"        # `observe: data`: a root stage observes images
@@ -215,6 +216,7 @@ class TrainSpec:
     lr: float = 1e-3                # Adam learning rate
     clip_grad: float = 4.0          # clip each tensor's gradient norm at this many times its running scale (0 = off)
     warmup: int = 500               # steps of linear learning-rate warm-up (per phase)
+    lr_decay: str = "none"          # none | cosine: after the warm-up, cosine down to 0 at the phase's end
     device: str = "auto"            # auto | cpu | cuda | cuda:N | mps
     amp: bool = False               # bf16 autocast where numerically safe (CUDA only; pays off for wide nets)
     compile: bool | str = False     # torch.compile the step: false | true | a mode (COMPILE_MODES)
@@ -228,6 +230,8 @@ class TrainSpec:
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k != "phases"}
+        if self.lr_decay == "none":  # left out by default: older runs keep their identity
+            del out["lr_decay"]
         out["phases"] = [phase.to_dict() for phase in self.phases]
         return out
 

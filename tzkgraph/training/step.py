@@ -7,6 +7,7 @@ so the benchmark times the step the runs take.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -15,7 +16,7 @@ from torch import Tensor, nn
 
 from tzkgraph.graph.executor import GraphExecutor
 
-__all__ = ["BatchSampler", "GradientClip", "Phase", "start_phase", "train_step", "warmup"]
+__all__ = ["BatchSampler", "GradientClip", "Phase", "schedule", "start_phase", "train_step", "warmup"]
 
 
 class BatchSampler:
@@ -140,6 +141,24 @@ def warmup(steps: int) -> Callable[[int], float]:
     return lambda step: min(1.0, (step + 1) / steps) if steps > 0 else 1.0
 
 
+def schedule(warmup_steps: int, phase_steps: int, decay: str = "none") -> Callable[[int], float]:
+    """A phase's learning-rate factor at its step ``step``: the warm-up, then ``decay``.
+
+    ``"none"`` holds the rate after the warm-up; ``"cosine"`` lowers it along half a cosine
+    to 0 at the phase's last step, so a phase ends on small steps rather than wherever its
+    last full-rate step happened to land (train.lr_decay; README, Stable training).
+    """
+    rise = warmup(warmup_steps)
+    if decay == "none":
+        return rise
+    span = max(1, phase_steps - warmup_steps)
+
+    def factor(step: int) -> float:
+        done = min(1.0, max(0.0, (step + 1 - warmup_steps) / span))
+        return rise(step) * 0.5 * (1.0 + math.cos(math.pi * done))
+    return factor
+
+
 class Objective(nn.Module):
     """A phase's objective as a module, so DistributedDataParallel can wrap it."""
 
@@ -176,13 +195,14 @@ class Phase:
 
 def start_phase(executor: GraphExecutor, params: list[Tensor], *, lr: float, warmup_steps: int,
                 clip_grad: float, amp: bool = False, wrap: Callable[[nn.Module], nn.Module] | None = None,
-                adam: dict[str, Any] | None = None) -> Phase:
+                adam: dict[str, Any] | None = None, phase_steps: int = 0, lr_decay: str = "none") -> Phase:
     """A phase's objective over ``executor`` and its optimizer state, fresh.
 
     Arguments:
         executor: the phase's summed objective.
         params: what trains.
         lr, warmup_steps, clip_grad: ``train.lr``, ``train.warmup``, ``train.clip_grad``.
+        phase_steps, lr_decay: the phase's length and ``train.lr_decay`` (:func:`schedule`).
         amp: run the objective under bf16 autocast.
         wrap: wraps the objective (DistributedDataParallel), if given.
         adam: Adam's options; default ``fused=True``: one kernel over all tensors instead of
@@ -193,7 +213,7 @@ def start_phase(executor: GraphExecutor, params: list[Tensor], *, lr: float, war
     if wrap is not None:
         objective = wrap(objective)
     optimizer = torch.optim.Adam(params, lr=lr, **({"fused": True} if adam is None else adam))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup(warmup_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(warmup_steps, phase_steps, lr_decay))
     return Phase(executor, objective, optimizer, scheduler, GradientClip(clip_grad, params), amp)
 
 

@@ -211,7 +211,8 @@ def run(spec: GraphSpec, *, resume: bool = False, fresh: bool = False, progress:
                 result.caches_built += executor.caches_built
                 result.trained_parts = sorted(set(result.trained_parts) | trainable)
                 current = start_phase(executor, params, lr=train.lr, warmup_steps=train.warmup,
-                                      clip_grad=train.clip_grad, amp=use_amp, wrap=wrap)
+                                      clip_grad=train.clip_grad, amp=use_amp, wrap=wrap,
+                                      phase_steps=phase.steps, lr_decay=train.lr_decay)
                 if state is not None and state.phase_state and state.phase == phase_index:
                     current.load_state_dict(state.phase_state)
                 # the first step runs eagerly: ActNorm's data-dependent initialisation is host logic
