@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 import pytest
+import torch
 
 from tzkgraph.core.errors import ConfigError
 from tzkgraph.spec.load import load_spec
@@ -114,6 +113,8 @@ def test_cosine_decay_follows_the_warm_up_down_to_zero_at_the_phase_end():
     assert all(a >= b for a, b in zip(steps, steps[1:]))
     hold = schedule(100, 1100)  # "none": the warm-up, then the rate held
     assert hold(49) == pytest.approx(0.5) and hold(1099) == 1.0
+    with pytest.raises(ValueError, match="unknown learning-rate decay 'linear'"):
+        schedule(100, 1100, "linear")
 
 
 def test_lr_decay_is_read_validated_and_left_out_of_the_identity_by_default():

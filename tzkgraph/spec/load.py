@@ -15,7 +15,7 @@ from tzkgraph.core.fields import (check_keys, read_bool, read_choice, read_float
 from tzkgraph.core.errors import ConfigError
 from tzkgraph.spec.overrides import apply_overrides
 from tzkgraph.spec.present import DATASET_CLASSES, PresentRule, read_present
-from tzkgraph.spec.types import (COMPILE_MODES, DATA, LR_DECAYS, FLOW_PART, CodeFlowSpec, DataSpec, FlowSpec, GraphSpec,
+from tzkgraph.spec.types import (COMPILE_MODES, DATA, FLOW_PART, LR_DECAYS, CodeFlowSpec, DataSpec, FlowSpec, GraphSpec,
                                  ImageSpec, KnowledgeSpec, NetsSpec, PhaseSpec, SourceSpec,
                                  StageSpec, TrainSpec, canonical_json, spec_hash)
 

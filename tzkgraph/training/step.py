@@ -146,11 +146,13 @@ def schedule(warmup_steps: int, phase_steps: int, decay: str = "none") -> Callab
 
     ``"none"`` holds the rate after the warm-up; ``"cosine"`` lowers it along half a cosine
     to 0 at the phase's last step, so a phase ends on small steps rather than wherever its
-    last full-rate step happened to land (train.lr_decay; README, Stable training).
+    last full-rate step happened to land (``train.lr_decay``; README, Quality).
     """
     rise = warmup(warmup_steps)
     if decay == "none":
         return rise
+    if decay != "cosine":
+        raise ValueError(f"unknown learning-rate decay {decay!r} (known: none, cosine)")
     span = max(1, phase_steps - warmup_steps)
 
     def factor(step: int) -> float:
