@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from tzkgraph.graph.executor import GraphExecutor
+from tzkgraph.spec.types import LR_DECAYS
 
 __all__ = ["BatchSampler", "GradientClip", "Phase", "schedule", "start_phase", "train_step", "warmup"]
 
@@ -151,8 +152,8 @@ def schedule(warmup_steps: int, phase_steps: int, decay: str = "none") -> Callab
     rise = warmup(warmup_steps)
     if decay == "none":
         return rise
-    if decay != "cosine":
-        raise ValueError(f"unknown learning-rate decay {decay!r} (known: none, cosine)")
+    if decay not in LR_DECAYS:
+        raise ValueError(f"unknown learning-rate decay {decay!r} (known: {', '.join(LR_DECAYS)})")
     span = max(1, phase_steps - warmup_steps)
 
     def factor(step: int) -> float:
