@@ -135,6 +135,21 @@ def test_a_childs_objective_reaches_its_parents_encoder_only_with_edge_gradient(
     assert not all(torch.allclose(a, b) for a, b in zip(alone, through))
 
 
+def test_edge_gradient_scales_the_childs_part_of_its_parents_gradient(tmp_path):
+    """`edge_gradient: s` gives the parent the gradient of L_parent + s·L_child: its own part
+    unchanged, the child's times s; a scale and `true` are written back as the graph was."""
+    graph = lambda *o: tiny(tmp_path, *o)
+    alone = _encoder_gradient(graph(), ("images/mnist",))
+    through = _encoder_gradient(graph("stages.digits.edge_gradient=1"), ("images/mnist", "digits"))
+    scaled = _encoder_gradient(graph("stages.digits.edge_gradient=30"), ("images/mnist", "digits"))
+    for a, one, s in zip(alone, through, scaled):  # (float32: the child's part is a difference)
+        torch.testing.assert_close(s, a + 30 * (one - a), rtol=1e-3, atol=1e-4 * float(s.abs().max()))
+        assert not torch.allclose(s, one, rtol=0.1)
+    assert graph("stages.digits.edge_gradient=true").stage("digits").to_dict()["edge_gradient"] is True
+    assert graph("stages.digits.edge_gradient=30").stage("digits").to_dict()["edge_gradient"] == 30.0
+    assert "edge_gradient" not in graph("stages.digits.edge_gradient=0").stage("digits").to_dict()
+
+
 def test_a_failing_stage_is_named(tmp_path, monkeypatch):
     spec = tiny(tmp_path)
     model = TzKGraph(spec)

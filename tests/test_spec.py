@@ -128,6 +128,7 @@ BAD_GRAPHS = {
     "negative_clip_grad": ("train.clip_grad", "expected a number >= 0, got -1"),
     "exact_gradient_not_bool": ("stages.digits.exact_gradient", "expected true or false, got 'maybe'"),
     "unknown_objective": ("stages.digits.objective", "unknown objective 'papper'; did you mean 'paper'?"),
+    "negative_edge_gradient": ("stages.digits.edge_gradient", "expected true, false or a scale >= 0, got -3"),
     "root_edge_gradient": ("stages.images.edge_gradient", "a root stage observes data: it has no parent codes to differentiate into"),
     "volume_preserving_not_bool": ("stages.digits.code_flow.volume_preserving", "expected true or false, got 2"),
     "bad_device": ("train.device", "expected auto, cpu, cuda, cuda:N or mps, got 'gpu'"),

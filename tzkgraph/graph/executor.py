@@ -176,7 +176,7 @@ class GraphExecutor:
                 for parent, k in spec.parents:
                     col = self.spec.stage(parent).knowledge_names.index(k)
                     weight = weight * weights[parent] * self.present[parent][index, col]
-                    parts.append(codes[parent][k] if spec.edge_gradient else codes[parent][k].detach())
+                    parts.append(_scale_gradient(codes[parent][k], spec.edge_gradient))
                 t = torch.cat(parts, dim=1)
             weights[name] = weight
             if name in self.plan.loss_stages:
@@ -202,6 +202,19 @@ class GraphExecutor:
         metrics["loss"] = total.detach()  # the objective differentiated: the stages' sum
         metrics["bound"] = bound  # the paper's negative bound, summed the same way
         return total, metrics
+
+
+def _scale_gradient(x: Tensor, scale: float) -> Tensor:
+    """``x`` in the forward pass; its gradient times ``scale`` in the backward (0: detached).
+
+    An edge's ``edge_gradient``: the parents' parameters then see the gradient of
+    ``L_parents + scale·L_child`` (README, "What is optimised").
+    """
+    if scale == 0:
+        return x.detach()
+    if scale == 1:
+        return x
+    return x.detach() + scale * (x - x.detach())  # the same value: x − x.detach() is 0 exactly
 
 
 def _named(stage: str, function, *args, **kwargs):

@@ -229,11 +229,21 @@ def _read_stage(name: Any, value: Any, data: DataSpec | None,
             raise ConfigError(places[k.name], f"knowledge {k.name!r} has the name of a group")
     exact = read_bool(raw.get("exact_gradient", False), f"{where}.exact_gradient")
     objective = read_choice(raw.get("objective", "paper"), f"{where}.objective", ("marginal", "paper"), "objective")
-    edge = read_bool(raw.get("edge_gradient", False), f"{where}.edge_gradient")
+    edge = _read_edge_gradient(raw.get("edge_gradient", False), f"{where}.edge_gradient")
     if edge and is_root:
         raise ConfigError(f"{where}.edge_gradient", "a root stage observes data: it has no parent codes to differentiate into")
     stage = StageSpec(name, observe, tuple(knowledge), flow, code_flow, nets, exact, objective, edge)
     return stage, {(name, k): place for k, place in places.items()}
+
+
+def _read_edge_gradient(value: Any, where: str) -> float:
+    """``false`` (0), ``true`` (1), or the scale ``s ≥ 0`` of a child's gradient into its parents' codes."""
+    if isinstance(value, bool):
+        return float(value)
+    try:
+        return read_float(value, where, ge=0.0)
+    except ConfigError:
+        raise ConfigError(where, f"expected true, false or a scale >= 0, got {show(value)}") from None
 
 
 def _read_observe(value: Any, where: str) -> tuple[str, ...]:
@@ -404,6 +414,7 @@ def _read_train(value: Any, spec: GraphSpec) -> TrainSpec:
         clip_grad=read_float(get("clip_grad"), "train.clip_grad", ge=0),
         warmup=read_int(get("warmup"), "train.warmup", 0),
         lr_decay=read_choice(get("lr_decay"), "train.lr_decay", LR_DECAYS, "learning-rate decay"),
+        ema=_read_ema(get("ema")),
         device=device,
         amp=read_bool(get("amp"), "train.amp"),
         compile=read_choice(get("compile"), "train.compile", COMPILE_MODES, "compile setting"),
@@ -415,6 +426,14 @@ def _read_train(value: Any, spec: GraphSpec) -> TrainSpec:
         init_from=read_str(get("init_from"), "train.init_from", nullable=True),
         labelled_share=_read_labelled_share(get("labelled_share"), spec),
     )
+
+
+def _read_ema(value: Any) -> float:
+    decay = read_float(value, "train.ema", ge=0)
+    if decay >= 1:
+        raise ConfigError("train.ema", f"expected a decay < 1 (0: no average; 0.999: about the last "
+                          f"1000 steps), got {decay:g}")
+    return decay
 
 
 def _read_labelled_share(value: Any, spec: GraphSpec) -> float | None:

@@ -145,7 +145,7 @@ class StageSpec:
     nets: NetsSpec = field(default_factory=NetsSpec)
     exact_gradient: bool = False             # differentiate the -(K-1) log p(t) factor too (README)
     objective: str = "paper"                 # "paper" (Eq. 10, codes imputed) or "marginal" (integrated out)
-    edge_gradient: bool = False              # shape the observed parent codes through this encoder (README)
+    edge_gradient: float = 0.0               # the child's gradient into its parents' codes, scaled (0: none; README)
 
     @property
     def is_root(self) -> bool:
@@ -187,9 +187,11 @@ class StageSpec:
         out = {"observe": observe, "flow": self.flow.to_dict(),
                "code_flow": asdict(self.code_flow), "nets": asdict(self.nets),
                "knowledge": {k.name: k.to_dict() for k in self.knowledge}}
-        for key, default in (("objective", "paper"), ("exact_gradient", False), ("edge_gradient", False)):
+        for key, default in (("objective", "paper"), ("exact_gradient", False), ("edge_gradient", 0.0)):
             if getattr(self, key) != default:  # training choices: left out at their defaults
                 out[key] = getattr(self, key)
+        if self.edge_gradient == 1.0:  # written `true` before it took a scale: the same graph
+            out["edge_gradient"] = True
         return out
 
 
@@ -217,6 +219,7 @@ class TrainSpec:
     clip_grad: float = 4.0          # clip each tensor's gradient norm at this many times its running scale (0 = off)
     warmup: int = 500               # steps of linear learning-rate warm-up (per phase)
     lr_decay: str = "none"          # none | cosine: after the warm-up, cosine down to 0 at the phase's end
+    ema: float = 0.0                # decay of a running average of each phase's weights, put in place at its end (0 = off)
     device: str = "auto"            # auto | cpu | cuda | cuda:N | mps
     amp: bool = False               # bf16 autocast where numerically safe (CUDA only; pays off for wide nets)
     compile: bool | str = False     # torch.compile the step: false | true | a mode (COMPILE_MODES)
@@ -232,6 +235,8 @@ class TrainSpec:
         out = {k: v for k, v in asdict(self).items() if k != "phases"}
         if self.lr_decay == "none":  # left out by default: older runs keep their identity
             del out["lr_decay"]
+        if not self.ema:
+            del out["ema"]
         out["phases"] = [phase.to_dict() for phase in self.phases]
         return out
 
