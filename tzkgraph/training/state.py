@@ -48,15 +48,17 @@ class RunState:
         return {"spec": self.spec, "model": self.model, "phase": self.phase,
                 "phase_step": self.phase_step, "step": self.step, "finished": self.finished,
                 "online": self.online, "rng": self.rng, "optimizer": phase.get("optimizer"),
-                "scheduler": phase.get("scheduler"), "clip_scales": phase.get("clip_scales")}
+                "scheduler": phase.get("scheduler"), "clip_scales": phase.get("clip_scales"),
+                "average": phase.get("average")}
 
     @classmethod
     def from_checkpoint(cls, state: dict[str, Any]) -> RunState:
-        """From a checkpoint's entries (older ones, with one clip norm or none, included)."""
+        """From a checkpoint's entries (older ones, with one clip norm or none, or no weight
+        average, included)."""
         phase_state = None
         if state.get("optimizer"):
             phase_state = {"optimizer": state["optimizer"], "scheduler": state["scheduler"],
-                           "clip_scales": state.get("clip_scales")}
+                           "clip_scales": state.get("clip_scales"), "average": state.get("average")}
         return cls(spec=state["spec"], model=state["model"], phase=int(state.get("phase", 0)),
                    phase_step=int(state.get("phase_step", 0)), step=int(state.get("step", 0)),
                    finished=bool(state.get("finished", False)), online=state.get("online"),

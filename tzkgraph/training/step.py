@@ -15,9 +15,11 @@ import torch
 from torch import Tensor, nn
 
 from tzkgraph.graph.executor import GraphExecutor
+from tzkgraph.training.average import WeightAverage
 from tzkgraph.spec.types import LR_DECAYS
 
-__all__ = ["BatchSampler", "GradientClip", "Phase", "schedule", "start_phase", "train_step", "warmup"]
+__all__ = ["BatchSampler", "GradientClip", "Phase", "objective_on", "schedule", "start_phase", "train_step",
+           "warmup"]
 
 
 class BatchSampler:
@@ -176,7 +178,8 @@ class Objective(nn.Module):
 
 @dataclass
 class Phase:
-    """What a phase trains with: the objective, Adam, its warm-up schedule and the gradient clip."""
+    """What a phase trains with: the objective, Adam, its schedule, the gradient clip, and the
+    running average of its weights (``train.ema``; ``None`` when off)."""
 
     executor: GraphExecutor
     objective: nn.Module  # the executor's loss as a module (wrapped for DistributedDataParallel)
@@ -184,21 +187,26 @@ class Phase:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     clip: GradientClip
     amp: bool = False  # bf16 autocast
+    average: WeightAverage | None = None
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint keeps of it, to continue the phase exactly."""
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "clip_scales": None if self.clip.scales is None else self.clip.scales.cpu()}
+                "clip_scales": None if self.clip.scales is None else self.clip.scales.cpu(),
+                "average": None if self.average is None else self.average.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.clip.load_scales(state.get("clip_scales"))
+        if self.average is not None and state.get("average") is not None:
+            self.average.load_state_dict(state["average"])
 
 
 def start_phase(executor: GraphExecutor, params: list[Tensor], *, lr: float, warmup_steps: int,
                 clip_grad: float, amp: bool = False, wrap: Callable[[nn.Module], nn.Module] | None = None,
-                adam: dict[str, Any] | None = None, phase_steps: int = 0, lr_decay: str = "none") -> Phase:
+                adam: dict[str, Any] | None = None, phase_steps: int = 0, lr_decay: str = "none",
+                ema: float = 0.0) -> Phase:
     """A phase's objective over ``executor`` and its optimizer state, fresh.
 
     Arguments:
@@ -206,6 +214,7 @@ def start_phase(executor: GraphExecutor, params: list[Tensor], *, lr: float, war
         params: what trains.
         lr, warmup_steps, clip_grad: ``train.lr``, ``train.warmup``, ``train.clip_grad``.
         phase_steps, lr_decay: the phase's length and ``train.lr_decay`` (:func:`schedule`).
+        ema: ``train.ema``, the decay of the weights' running average (0: none).
         amp: run the objective under bf16 autocast.
         wrap: wraps the objective (DistributedDataParallel), if given.
         adam: Adam's options; default ``fused=True``: one kernel over all tensors instead of
@@ -217,12 +226,14 @@ def start_phase(executor: GraphExecutor, params: list[Tensor], *, lr: float, war
         objective = wrap(objective)
     optimizer = torch.optim.Adam(params, lr=lr, **({"fused": True} if adam is None else adam))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(warmup_steps, phase_steps, lr_decay))
-    return Phase(executor, objective, optimizer, scheduler, GradientClip(clip_grad, params), amp)
+    average = WeightAverage(params, ema) if ema else None
+    return Phase(executor, objective, optimizer, scheduler, GradientClip(clip_grad, params), amp, average)
 
 
 def train_step(phase: Phase, index: Tensor, step: int = 0, modes: dict[str, str] | None = None,
                loss_fn: Callable[..., Any] | None = None) -> tuple[Tensor, dict[str, Tensor], Tensor]:
-    """One step: the objective on the batch ``index``, backward, clip, Adam, the schedule.
+    """One step: the objective on the batch ``index``, backward, clip, Adam, the schedule, the
+    weight average (if any).
 
     A batch whose gradient is not finite is skipped on the device, not applied (no host
     sync): the weights stay finite.
@@ -255,4 +266,20 @@ def train_step(phase: Phase, index: Tensor, step: int = 0, modes: dict[str, str]
         if not bool(skipped):
             phase.optimizer.step()
     phase.scheduler.step()
+    if phase.average is not None:  # (a skipped step left the weights as they were)
+        phase.average.update()
     return loss.detach(), metrics, skipped
+
+
+@torch.no_grad()
+def objective_on(phase: Phase, batches: list[Tensor], step: int) -> float:
+    """The phase's objective at its current weights, averaged over ``batches`` (a host sync).
+
+    Every call draws the same noise (codes, dequantisation, code sources), so two weight
+    settings compare on equal terms; the run's random state is left as it was.
+    """
+    devices = [batches[0].device] if batches[0].device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(0)
+        total = sum(float(phase.executor.loss(index, step, phase.executor.draw_modes())[0]) for index in batches)
+    return total / len(batches)

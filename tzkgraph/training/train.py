@@ -24,7 +24,7 @@ from tzkgraph.graph.plan import plan_phase
 from tzkgraph.graph.model import TzKGraph
 from tzkgraph.training.state import RunState, start_state
 from tzkgraph.training.status import RunStatus, StopSignals
-from tzkgraph.training.step import BatchSampler, Phase, start_phase, train_step
+from tzkgraph.training.step import BatchSampler, Phase, objective_on, start_phase, train_step
 from tzkgraph.use.sampling import write_sample_grids
 from tzkgraph.spec.types import GraphSpec
 
@@ -114,6 +114,22 @@ class _Log:
     def close(self) -> None:
         if self.tensorboard is not None:
             self.tensorboard.close()
+
+
+def _put_average(phase: Phase, name: str, n: int, batch_size: int, step: int,
+                 say: Callable[[str], None]) -> dict[str, Any]:
+    """Puts the phase's weight average in place of its last weights; the metric line comparing
+    them: the objective of each on the same 8 training batches, with the same noise."""
+    generator = torch.Generator().manual_seed(0)
+    device = phase.average.params[0].device
+    batches = [torch.randint(n, (batch_size,), generator=generator).to(device) for _ in range(8)]
+    last = objective_on(phase, batches, step)
+    phase.average.swap()
+    average = objective_on(phase, batches, step)
+    say(f"{name}: the weights' running average (train.ema) takes the last weights' place; "
+        f"the objective on 8 training batches {last:.4g} -> {average:.4g}")
+    return _finite_line({"step": step, "phase": name, "objective_last_weights": last,
+                         "objective_average_weights": average})
 
 
 def run(spec: GraphSpec, *, resume: bool = False, fresh: bool = False, progress: bool = True,
@@ -212,7 +228,7 @@ def run(spec: GraphSpec, *, resume: bool = False, fresh: bool = False, progress:
                 result.trained_parts = sorted(set(result.trained_parts) | trainable)
                 current = start_phase(executor, params, lr=train.lr, warmup_steps=train.warmup,
                                       clip_grad=train.clip_grad, amp=use_amp, wrap=wrap,
-                                      phase_steps=phase.steps, lr_decay=train.lr_decay)
+                                      phase_steps=phase.steps, lr_decay=train.lr_decay, ema=train.ema)
                 if state is not None and state.phase_state and state.phase == phase_index:
                     current.load_state_dict(state.phase_state)
                 # the first step runs eagerly: ActNorm's data-dependent initialisation is host logic
@@ -261,7 +277,10 @@ def run(spec: GraphSpec, *, resume: bool = False, fresh: bool = False, progress:
                         stop("running")
                     stopping = stop_after is not None and step >= stop_after
                     signalled = signals.received is not None and not job.enabled
-                    if last:  # the next phase starts with a new optimizer
+                    if last:  # the average takes the weights' place; the next phase starts afresh
+                        if current.average is not None:
+                            with clock.excluded():
+                                log.write(_put_average(current, phase.name, len(data), train.batch_size, step, say))
                         phase_index, phase_step, current = phase_index + 1, 0, None
                     with clock.excluded():
                         if last:
