@@ -111,10 +111,11 @@ def test_an_edge_by_label_is_refused_with_labelled(tmp_path):
 
 
 
-def _encoder_gradient(spec, trainable: tuple[str, ...]) -> list[torch.Tensor]:
+def _encoder_gradient(spec, trainable: tuple[str, ...], tweak=lambda model: None) -> list[torch.Tensor]:
     """The gradient of a phase's summed objective on the images/mnist encoder posterior's weights."""
     torch.manual_seed(0)
     model = randomize(TzKGraph(spec), 0.2)
+    tweak(model)
     data = load_graph_data(spec.data, "train")
     plan = plan_phase(spec, frozenset(p for p in spec.atomic_parts() if p.startswith(trainable)))
     executor = GraphExecutor(model, data, plan, "unused", progress=False, use_cache=False)
@@ -133,6 +134,18 @@ def test_a_childs_objective_reaches_its_parents_encoder_only_with_edge_gradient(
     through = _encoder_gradient(tiny(tmp_path, "stages.digits.edge_gradient=true"), ("images/mnist", "digits"))
     assert all(torch.equal(a, b) for a, b in zip(alone, cut))
     assert not all(torch.allclose(a, b) for a, b in zip(alone, through))
+
+
+def test_only_the_childs_discriminators_send_their_gradient_across_an_edge(tmp_path):
+    """With its discriminators' last layers at zero (their logits constant in t), a child with
+    `edge_gradient` sends its parent nothing: its densities and code posteriors take t as data."""
+    def blind(model):
+        with torch.no_grad():
+            for kn in model.stages["digits"].knowledge.values():
+                kn.encoder_discriminator[-1].weight.zero_()
+    alone = _encoder_gradient(tiny(tmp_path), ("images/mnist",))
+    blinded = _encoder_gradient(tiny(tmp_path, "stages.digits.edge_gradient=50"), ("images/mnist", "digits"), blind)
+    assert all(torch.equal(a, b) for a, b in zip(alone, blinded))
 
 
 def test_edge_gradient_scales_the_childs_part_of_its_parents_gradient(tmp_path):

@@ -176,18 +176,18 @@ class GraphExecutor:
                 for parent, k in spec.parents:
                     col = self.spec.stage(parent).knowledge_names.index(k)
                     weight = weight * weights[parent] * self.present[parent][index, col]
-                    parts.append(_scale_gradient(codes[parent][k], spec.edge_gradient))
-                t = torch.cat(parts, dim=1)
+                    parts.append(codes[parent][k])
+                read = _scale_gradient(torch.cat(parts, dim=1), spec.edge_gradient)  # what p(e|t) reads
+                t = read.detach()  # the child's densities and code posteriors take its t as data
             weights[name] = weight
             if name in self.plan.loss_stages:
                 z = logdet = None
                 if name in self.plan.cached_flow:
                     z, logdet = self._frozen_latent(name, t, index)
-                elif spec.edge_gradient:  # the child's density of its codes takes them as data
-                    z, logdet = stage.t_latent(t.detach())
                 out = _named(name, stage.loss, t, e, self.observed[name][index], z=z, logdet=logdet,
                              active=self.plan.active[name], mode=modes[name],
-                             weight=None if spec.is_root else weight, emit_codes=self.plan.emit[name])
+                             weight=None if spec.is_root else weight, emit_codes=self.plan.emit[name],
+                             t_discriminated=None if spec.is_root or not spec.edge_gradient else read)
                 total = out.loss if total is None else total + out.loss
                 bound = out.metrics["bound"] if bound is None else bound + out.metrics["bound"]
                 metrics.update({f"{name}/{k}": v for k, v in out.metrics.items()})
@@ -207,8 +207,9 @@ class GraphExecutor:
 def _scale_gradient(x: Tensor, scale: float) -> Tensor:
     """``x`` in the forward pass; its gradient times ``scale`` in the backward (0: detached).
 
-    An edge's ``edge_gradient``: the parents' parameters then see the gradient of
-    ``L_parents + scale·L_child`` (README, "What is optimised").
+    An edge's ``edge_gradient``, on what the child's discriminators read: the parents'
+    parameters then see the gradient of ``L_parents + scale·L_child``'s classification terms
+    (README, "What is optimised").
     """
     if scale == 0:
         return x.detach()

@@ -271,7 +271,8 @@ class TzKStage(nn.Module):
     def loss(self, t: Tensor, e: Tensor, observed: Tensor | None = None, *,
              z: Tensor | None = None, logdet: Tensor | None = None,
              active: Sequence[str] | None = None, mode: Mode | None = None,
-             emit_codes: Collection[str] = (), weight: Tensor | None = None) -> StageOutput:
+             emit_codes: Collection[str] = (), weight: Tensor | None = None,
+             t_discriminated: Tensor | None = None) -> StageOutput:
         """The negative lower bound ``−½(log p_enc + log p_dec)`` (Eq. 10), per example of the batch.
 
         Objective ``"marginal"``: each code is integrated out by a one-sample evidence
@@ -306,6 +307,9 @@ class TzKStage(nn.Module):
                 static (no data-dependent indexing). The loss is ``Σ w·L / B``, so
                 stages' losses add up to a per-example joint; the metrics are means
                 over the examples with ``w > 0``.
+            t_discriminated: what the discriminators ``p(e_i | t)`` read instead of ``t``: the
+                same values, through which a graph sends the gradient of the
+                discriminators alone into the parents' codes (``edge_gradient``).
         """
         if z is None:
             z, logdet = self.t_flow(t)
@@ -335,7 +339,7 @@ class TzKStage(nn.Module):
         for group in self.groups(names):
             rows = [columns[name] for name in group]
             e_g, known_g = e[rows], known[rows]  # (K_g, B)
-            terms = self._group_terms(group, t, z, logdet, e_g, known_g, mode)
+            terms = self._group_terms(group, t, z, logdet, e_g, known_g, mode, t_discriminated)
             log_p_enc = log_p_enc + terms.enc.sum(0)
             log_p_knowledge = log_p_knowledge + terms.dec.sum(0)
             with torch.no_grad():
@@ -358,7 +362,7 @@ class TzKStage(nn.Module):
         return StageOutput(objective, metrics, codes)
 
     def _group_terms(self, group: Sequence[str], t: Tensor, z: Tensor, logdet: Tensor, e: Tensor,
-                     known: Tensor, mode: Mode) -> KnowledgeTerms:
+                     known: Tensor, mode: Mode, t_discriminated: Tensor | None = None) -> KnowledgeTerms:
         """:func:`knowledge_terms` of a group of identical structure, every result ``(K_g, …)``.
 
         Draws the group's noise, then evaluates the group stacked, or one at a time
@@ -370,9 +374,10 @@ class TzKStage(nn.Module):
         uniform = torch.rand(k, batch, device=z.device, dtype=dtype)
         stacked = self._stack(group)
         if stacked is not None:
-            return knowledge_terms(stacked, t, z, logdet, e, known, uniform, noise, mode, self.objective)
+            return knowledge_terms(stacked, t, z, logdet, e, known, uniform, noise, mode, self.objective,
+                                   t_discriminated)
         each = [knowledge_terms(self.knowledge[name], t, z, logdet, e[i], known[i], uniform[i], noise[i],
-                                mode, self.objective)
+                                mode, self.objective, t_discriminated)
                 for i, name in enumerate(group)]
         enc, dec, mu, log_sigma, logit_t, logit_post, code, code_logdet = (
             torch.stack(x) for x in zip(*[(o.enc, o.dec, *o.posterior, o.logit_t, o.logit_post, o.code,

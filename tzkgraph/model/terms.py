@@ -48,7 +48,7 @@ class KnowledgeTerms(NamedTuple):
 
 def knowledge_terms(kn: _Evaluates, t: Tensor, z: Tensor, logdet: Tensor, e: Tensor, observed: Tensor,
                     uniform: Tensor, noise: Tensor, mode: Mode = "encoder",
-                    objective: Objective = "paper") -> KnowledgeTerms:
+                    objective: Objective = "paper", t_discriminated: Tensor | None = None) -> KnowledgeTerms:
     """One knowledge type's (or, stacked, K types') terms of the bound, given all the noise.
 
     A deterministic function of its arguments: :meth:`TzKStage.loss` draws the noise,
@@ -66,6 +66,8 @@ def knowledge_terms(kn: _Evaluates, t: Tensor, z: Tensor, logdet: Tensor, e: Ten
             ``f_c⁻¹(noise)`` (decoder, objective "paper").
         mode: objective "paper": ``"encoder"`` or ``"decoder"``, the code's source.
         objective: ``"marginal"`` or ``"paper"`` (see the module docs).
+        t_discriminated: what the discriminator ``p(e | t)`` reads, if not ``t``: the same
+            values with another gradient path (a graph's ``edge_gradient``).
 
     Returns:
         :class:`KnowledgeTerms`; where ``e`` is unobserved both joints are marginalised
@@ -76,7 +78,7 @@ def knowledge_terms(kn: _Evaluates, t: Tensor, z: Tensor, logdet: Tensor, e: Ten
         raise ValueError(f"mode must be 'encoder' or 'decoder', got {mode!r}")
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-    logit_t = kn.encoder_logit(t)
+    logit_t = kn.encoder_logit(t if t_discriminated is None else t_discriminated)
     posterior = [kn.posterior(t, value) for value in (0, 1)]  # [(μ, log σ)] for e = 0, 1
     e_draw = torch.where(observed, e, (uniform < torch.sigmoid(logit_t.detach())).to(e.dtype))
     pick = e_draw.bool().unsqueeze(-1)
