@@ -62,7 +62,7 @@ def test_mnist_digits_is_the_dataset_to_digit_hierarchy():
     assert spec.t_shape("digits") == (10,)
     assert spec.parents("digits") == [("images", "mnist")]
     assert spec.children("images", "mnist") == ["digits"] and spec.children("images", "fashion") == []
-    assert spec.stage("images").get("mnist").observed_as == "mean"  # digits reads f_c⁻¹(μ) (README)
+    assert spec.stage("digits").label_weight > 0  # the labelled term (docs/objective.md)
     digits = spec.stage("digits")
     assert digits.knowledge_names == [str(i) for i in range(10)]
     assert all(k.group == "0..9" and k.code_dim == 2 for k in digits.knowledge)
@@ -126,10 +126,10 @@ BAD_GRAPHS = {
     "amp_not_bool": ("train.amp", "expected true or false, got 'yes please'"),
     "labelled_zero": ("data.labelled", "expected an integer >= 1, got 0"),
     "negative_clip_grad": ("train.clip_grad", "expected a number >= 0, got -1"),
-    "exact_gradient_not_bool": ("stages.digits.exact_gradient", "expected true or false, got 'maybe'"),
     "unknown_objective": ("stages.digits.objective", "unknown objective 'papper'; did you mean 'paper'?"),
-    "negative_edge_gradient": ("stages.digits.edge_gradient", "expected true, false or a scale >= 0, got -3"),
-    "root_edge_gradient": ("stages.images.edge_gradient", "a root stage observes data: it has no parent codes to differentiate into"),
+    "negative_label_weight": ("stages.digits.label_weight", "expected a number >= 0, got -3"),
+    "parent_paper_objective": ("stages.images.objective", "stage 'digits' observes images/mnist, and a child "
+                               "is the prior of the code it observes: that needs objective: marginal"),
     "volume_preserving_not_bool": ("stages.digits.code_flow.volume_preserving", "expected true or false, got 2"),
     "bad_device": ("train.device", "expected auto, cpu, cuda, cuda:N or mps, got 'gpu'"),
     "bad_permutation": ("stages.digits.flow.permutation", "unknown permutation 'lu2'; did you mean 'lu'?"),

@@ -148,6 +148,20 @@ def test_sample_down_a_path_writes_a_grid(trained_tiny, tmp_path, capsys):
     assert png_size(out) == (grid_side(8), grid_side(8))
 
 
+def test_sample_with_a_guide_and_temperatures_per_stage(trained_tiny, tmp_path, capsys):
+    out, again = tmp_path / "guided.png", tmp_path / "again.png"
+    args = ["sample", *trained_tiny.args(), "--path", "digits/3", "-n", "8", "--guide", "16",
+            "--temperature", "images=0.5,digits=1"]
+    assert main([*args, "-o", str(out)]) == 0 and main([*args, "-o", str(again)]) == 0
+    assert out.read_bytes() == again.read_bytes()  # seeded, guided draws included
+    assert main(["sample", *trained_tiny.args(), "--temperature", "pixels=1", "-o", str(out)]) == 2
+    assert "--temperature: unknown stage 'pixels'" in one_line_error(capsys)
+    assert main(["sample", *trained_tiny.args(), "--temperature", "digits=-1", "-o", str(out)]) == 2
+    assert "digits's temperature must be a number >= 0" in one_line_error(capsys)
+    assert main(["sample", *trained_tiny.args(), "--guide", "-3", "-o", str(out)]) == 2
+    assert "--guide" in one_line_error(capsys)
+
+
 def test_sample_a_group_as_one_grid_with_a_row_per_member(trained_tiny, tmp_path, capsys):
     from PIL import Image
 
@@ -302,6 +316,7 @@ stages:
     flow: {levels: 2, steps: 2, hidden: 16}
     code_flow: {steps: 2, hidden: 16}
     nets: {hidden: 16}
+    objective: paper
     knowledge:
       mnist: {code_dim: 4, present: {source: mnist}}
       fashion: {code_dim: 4, present: {source: fashion}}

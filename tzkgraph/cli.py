@@ -65,7 +65,11 @@ def _use_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--path", help="STAGE/KNOWLEDGE (e.g. digits/7), STAGE (its prior), or "
                                    "STAGE/GROUP (e.g. digits/0..9: a row per member)")
     p.add_argument("-n", type=int, default=64, help="number of samples, per row for a group (default: 64)")
-    p.add_argument("--temperature", type=float, default=0.7, help="scales every Gaussian base (default: 0.7)")
+    p.add_argument("--temperature", default="0.7", metavar="T",
+                   help="scales every Gaussian base: one for all (default: 0.7) or per stage, "
+                        "e.g. images=0.8,digits=1.0 (stages left out: 1.0)")
+    p.add_argument("--guide", type=int, default=0, metavar="M",
+                   help="draw each code from p(c | e=1): resample M draws of p(c) by p(e=1 | c) (default: off)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("-o", "--output", required=True, help="the grid picture (.png, .jpg)")
     p.set_defaults(func=_sample)
@@ -146,11 +150,12 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from tzkgraph.use.sampling import sample_to_files
+    from tzkgraph.use.sampling import parse_temperature, sample_to_files
     from tzkgraph.spec.load import load_spec
 
-    for path in sample_to_files(load_spec(args.graph, args.overrides), args.output, path=args.path, n=args.n,
-                                temperature=args.temperature, seed=args.seed):
+    spec = load_spec(args.graph, args.overrides)
+    for path in sample_to_files(spec, args.output, path=args.path, n=args.n, seed=args.seed, guide=args.guide,
+                                temperature=parse_temperature(args.temperature, spec)):
         print(path)
     return 0
 

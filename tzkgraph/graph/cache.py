@@ -17,7 +17,7 @@ from tzkgraph.core.files import atomic_write
 
 __all__ = ["FORMAT_VERSION", "LatentCache", "hash_module", "hash_tensors"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def hash_tensors(tensors: Iterable[Tensor], h: "hashlib._Hash | None" = None) -> str:

@@ -23,8 +23,12 @@ class GraphExecutor:
     Frozen root parts are computed once over the dataset and cached in HDF5
     (:class:`~tzkgraph.graph.cache.LatentCache`); the arrays then live on the data's
     device. Examples flow down an edge ``A/k → B`` only where ``e_k = 1``: a
-    child stage sees every example of the batch with weight
-    ``Π e_parent`` (static shapes, no data-dependent indexing).
+    child stage sees every example of the batch with weight ``Π P(e_parent = 1)``
+    (static shapes, no data-dependent indexing). A child is the prior of the codes it
+    observes: it reads the parents' reparameterised draws ``c ~ q(c | e=1, t)``, and its
+    bound enters the sum where the parent's ``E_q log p(c)`` was: in the parent's decoder
+    half ``½ log p_dec``, a mean over its ``K`` knowledge types — at ``1/(2K)`` of the
+    parent's coefficient, so that the sum is one bound on the joint (docs/objective.md).
 
     Arguments:
         model: the graph's stages.
@@ -113,11 +117,13 @@ class GraphExecutor:
             t = self.data.observations(index.to(self.data.images.device), fixed=True)
             out = {}
             for k in emitted:
-                out[f"{k}.mean"], out[f"{k}.log_std"] = stage.knowledge[k].encoder_posterior[1](t)
+                out[f"{k}.mean"], out[f"{k}.log_std"] = stage.knowledge[k].posterior(t, 1)
+                out[f"{k}.logit"] = stage.knowledge[k].encoder_logit(t)
             return out
 
         arrays = self._cache(name, "codes", stage, compute)
-        self.code_cache[name] = {k: (arrays[f"{k}.mean"], arrays[f"{k}.log_std"]) for k in emitted}
+        self.code_cache[name] = {k: (arrays[f"{k}.mean"], arrays[f"{k}.log_std"], arrays[f"{k}.logit"])
+                                 for k in emitted}
 
     def _frozen_latent(self, name: str, t: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
         if self.use_cache:
@@ -126,12 +132,20 @@ class GraphExecutor:
         with torch.no_grad():
             return self.model.stages[name].t_flow(t)
 
-    def _frozen_posterior(self, name: str, k: str, t: Tensor | None, index: Tensor) -> tuple[Tensor, Tensor]:
-        if self.use_cache:
-            mean, log_std = self.code_cache[name][k]
-            return mean[index], log_std[index]
-        with torch.no_grad():
-            return self.model.stages[name].knowledge[k].encoder_posterior[1](t)
+    def _frozen_child_inputs(self, name: str, t: Tensor | None, index: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
+        """A frozen parent's draws and ``P(e = 1)`` for its children (from the code cache, or ``t``)."""
+        stage, spec = self.model.stages[name], self.spec.stage(name)
+        out = {}
+        for k in self.plan.emit[name]:
+            col = spec.knowledge_names.index(k)
+            e, observed = self.present[name][index, col], self.observed[name][index, col]
+            with torch.no_grad():
+                if self.use_cache and name in self.plan.cached_codes:
+                    mean, log_std, logit = (a[index] for a in self.code_cache[name][k])
+                    out[k] = stage.child_inputs(k, None, e, observed, (mean, log_std), logit)
+                else:
+                    out[k] = stage.child_inputs(k, t, e, observed)
+        return out
 
     # --- the objective --------------------------------------------------------------------
 
@@ -158,64 +172,60 @@ class GraphExecutor:
             modes = self.draw_modes()
         total = bound = None
         metrics: dict[str, Tensor] = {}
-        weights: dict[str, Tensor] = {}
-        codes: dict[str, dict[str, Tensor]] = {}
+        weights: dict[str, Tensor] = {}  # stage -> (B,) P(the example reaches it)
+        scale: dict[str, float] = {}  # stage -> its bound's coefficient in the sum
+        emitted: dict[str, dict[str, tuple[Tensor, Tensor]]] = {}  # stage -> k -> (draw, P(e_k = 1))
         for name in self.plan.compute:
             spec, stage = self.spec.stage(name), self.model.stages[name]
-            e = self.present[name][index]
-            weight = torch.ones_like(index, dtype=torch.float32)
-            if spec.is_root:
-                cached_codes = name in self.plan.cached_codes
-                if cached_codes and self.use_cache:
-                    t = None  # the codes come from the cache: no images needed
-                else:
-                    fixed = cached_codes or name in self.plan.cached_flow
-                    t = self.data.observations(index, fixed=fixed, step=step)
-            else:
-                parts = []
-                for parent, k in spec.parents:
-                    col = self.spec.stage(parent).knowledge_names.index(k)
-                    weight = weight * weights[parent] * self.present[parent][index, col]
-                    parts.append(codes[parent][k])
-                read = _scale_gradient(torch.cat(parts, dim=1), spec.edge_gradient)  # what p(e|t) reads
-                t = read.detach()  # the child's densities and code posteriors take its t as data
+            t, weight, scale[name] = self._observation(name, index, step, weights, emitted, scale)
             weights[name] = weight
-            if name in self.plan.loss_stages:
-                z = logdet = None
-                if name in self.plan.cached_flow:
-                    z, logdet = self._frozen_latent(name, t, index)
-                out = _named(name, stage.loss, t, e, self.observed[name][index], z=z, logdet=logdet,
-                             active=self.plan.active[name], mode=modes[name],
-                             weight=None if spec.is_root else weight, emit_codes=self.plan.emit[name],
-                             t_discriminated=None if spec.is_root or not spec.edge_gradient else read)
-                total = out.loss if total is None else total + out.loss
-                bound = out.metrics["bound"] if bound is None else bound + out.metrics["bound"]
-                metrics.update({f"{name}/{k}": v for k, v in out.metrics.items()})
-                codes[name] = out.codes
-            elif name in self.plan.cached_codes:
-                codes[name] = {}
-                for k in self.plan.emit[name]:
-                    codes[name][k] = stage.child_code(k, *self._frozen_posterior(name, k, t, index))
-            else:
-                codes[name] = {k: stage.child_code(k, *stage.knowledge[k].posterior(t, 1))
-                               for k in self.plan.emit[name]}
-        metrics["loss"] = total.detach()  # the objective differentiated: the stages' sum
-        metrics["bound"] = bound  # the paper's negative bound, summed the same way
+            if name not in self.plan.loss_stages:
+                emitted[name] = self._frozen_child_inputs(name, t, index)
+                continue
+            z = logdet = None
+            if name in self.plan.cached_flow:
+                z, logdet = self._frozen_latent(name, t, index)
+            out = _named(name, stage.loss, t, self.present[name][index], self.observed[name][index],
+                         z=z, logdet=logdet, active=self.plan.active[name], mode=modes[name],
+                         weight=None if spec.is_root else weight, emit_codes=self.plan.emit[name])
+            loss, stage_bound = scale[name] * out.loss, scale[name] * out.metrics["bound"]
+            total = loss if total is None else total + loss
+            bound = stage_bound if bound is None else bound + stage_bound
+            metrics.update({f"{name}/{k}": v for k, v in out.metrics.items()})
+            emitted[name] = {k: (out.codes[k], out.present[k]) for k in self.plan.emit[name]}
+        metrics["loss"] = total.detach()  # the objective differentiated: the stages' weighted sum
+        metrics["bound"] = bound  # the negative bound on the joint, summed the same way
         return total, metrics
 
+    def _observation(self, name: str, index: Tensor, step: int, weights: dict[str, Tensor],
+                     emitted: dict[str, dict[str, tuple[Tensor, Tensor]]],
+                     scale: dict[str, float]) -> tuple[Tensor | None, Tensor, float]:
+        """A stage's ``t`` on the batch, the examples' weights and the stage's coefficient.
 
-def _scale_gradient(x: Tensor, scale: float) -> Tensor:
-    """``x`` in the forward pass; its gradient times ``scale`` in the backward (0: detached).
+        A root observes images (``None`` when only cached codes are needed); a child the
+        concatenated draws of its parents' codes, with gradient, weighted by
+        ``Π P(e_parent = 1)``, at ``1/(2K)`` of its parent's coefficient (``K`` the parent's
+        knowledge types in the objective; of several parents, the smallest).
+        """
+        spec = self.spec.stage(name)
+        weight = torch.ones_like(index, dtype=torch.float32)
+        if spec.is_root:
+            if name in self.plan.cached_codes and self.use_cache:
+                return None, weight, 1.0  # the codes come from the cache: no images needed
+            fixed = name in self.plan.cached_codes or name in self.plan.cached_flow
+            return self.data.observations(index, fixed=fixed, step=step), weight, 1.0
+        parts = []
+        for parent, k in spec.parents:
+            draw, p_present = emitted[parent][k]
+            weight = weight * weights[parent] * p_present
+            parts.append(draw)
+        return torch.cat(parts, dim=1), weight, min(0.5 * scale[parent] / self._k(parent)
+                                                    for parent, _ in spec.parents)
 
-    An edge's ``edge_gradient``, on what the child's discriminators read: the parents'
-    parameters then see the gradient of ``L_parents + scale·L_child``'s classification terms
-    (README, "What is optimised").
-    """
-    if scale == 0:
-        return x.detach()
-    if scale == 1:
-        return x
-    return x.detach() + scale * (x - x.detach())  # the same value: x − x.detach() is 0 exactly
+    def _k(self, name: str) -> int:
+        """The number of knowledge types in a stage's ``log p_dec`` (all of them, if it is frozen)."""
+        k = len(self.plan.active[name]) if name in self.plan.loss_stages else len(self.spec.stage(name).knowledge)
+        return max(k, 1)
 
 
 def _named(stage: str, function, *args, **kwargs):

@@ -19,14 +19,14 @@ def build_stage(spec: GraphSpec, name: str) -> TzKStage:
     knowledge = {
         k.name: dict(code_dim=k.code_dim, code_steps=k.code_flow.steps,
                      code_hidden=k.code_flow.hidden, permutation=k.code_flow.permutation,
-                     volume_preserving=k.code_flow.volume_preserving, observed_as=k.observed_as)
+                     volume_preserving=k.code_flow.volume_preserving)
         for k in stage.knowledge
     }
     return TzKStage(spec.t_shape(name), knowledge, levels=stage.flow.levels or 1,
                     steps=stage.flow.steps, hidden=stage.flow.hidden,
                     permutation=stage.flow.permutation, activation=stage.flow.activation or "swish",
-                    net_hidden=stage.nets.hidden, exact_gradient=stage.exact_gradient,
-                    objective=stage.objective)
+                    net_hidden=stage.nets.hidden,
+                    objective=stage.objective, label_weight=stage.label_weight)
 
 
 class TzKGraph(nn.Module):

@@ -13,6 +13,7 @@ a stochastic lower bound whose expectation rises to the true log-density as ``S`
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +27,8 @@ __all__ = ["decoder_log_density", "decoder_log_odds"]
 
 def decoder_log_density(stage: TzKStage, name: str, t: Tensor, z: Tensor, logdet: Tensor, e: int,
                         samples: int = 16, discriminator: bool = False,
-                        posterior: tuple[Tensor, Tensor] | None = None) -> Tensor:
+                        posterior: tuple[Tensor, Tensor] | None = None,
+                        code_prior: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """An importance-weighted lower bound on a decoder density of ``t``, ``(B,)`` nats.
 
     Arguments:
@@ -39,9 +41,12 @@ def decoder_log_density(stage: TzKStage, name: str, t: Tensor, z: Tensor, logdet
             ``True``: ``log ∫ p(t | e, c) p(e | c) p(c) dc = log p_dec(t, e)``, the
             decoder's joint of ``t`` and ``e``.
         posterior: ``(μ, log σ)`` of ``p(c | e, t)`` if already computed (else from ``t``).
+        code_prior: ``c ↦ log p(c)`` in c-space, ``(N,)``, in place of the knowledge type's own
+            ``p(c)``: where a child stage is the prior of the code, its flow density.
 
     The code densities are compared in ``f_c``'s base space, where the proposal is a
-    Gaussian; ``f_c``'s log-determinant is common to ``p(c)`` and ``p(c | e, t)`` and cancels.
+    Gaussian; ``f_c``'s log-determinant is common to ``p(c)`` and ``p(c | e, t)`` and cancels
+    (with ``code_prior``, the proposal's density is taken in c-space).
     """
     kn = stage.knowledge[name]
     mean, log_std = kn.encoder_posterior[e](t) if posterior is None else posterior  # (B, C)
@@ -49,6 +54,9 @@ def decoder_log_density(stage: TzKStage, name: str, t: Tensor, z: Tensor, logdet
     u = mean + log_std.exp() * torch.randn(samples, batch, dim, device=mean.device, dtype=mean.dtype)
     log_w = gaussian_log_prob(u, event_dims=1) - gaussian_log_prob(u, mean, log_std, event_dims=1)  # (S, B)
     c = kn.code_flow.inverse(u.reshape(samples * batch, dim))
+    if code_prior is not None:  # log p(c) − log q(c) in c-space: q's density carries f_c's logdet
+        log_q = gaussian_log_prob(u, mean, log_std, event_dims=1) + kn.code_flow(c)[1].view(samples, batch)
+        log_w = code_prior(c).view(samples, batch) - log_q
     dec_mean, dec_log_std = kn.decoder[e](c)  # (S·B, D)
     log_p_t = gaussian_log_prob(z.repeat(samples, 1), dec_mean, dec_log_std).view(samples, batch) + logdet
     log_w = log_w + log_p_t
@@ -59,13 +67,16 @@ def decoder_log_density(stage: TzKStage, name: str, t: Tensor, z: Tensor, logdet
 
 
 def decoder_log_odds(stage: TzKStage, name: str, t: Tensor, z: Tensor, logdet: Tensor,
-                     samples: int = 16, posteriors: list[tuple[Tensor, Tensor]] | None = None) -> Tensor:
+                     samples: int = 16, posteriors: list[tuple[Tensor, Tensor]] | None = None,
+                     code_prior: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """``log p_dec(t, e=1) − log p_dec(t, e=0)``, ``(B,)``: the decoder as a classifier.
 
     Bayes' rule on the decoder's joint, with no look at the label (unlike the
     ``decoder_accuracy_given_e`` of training, whose code is drawn knowing ``e``).
-    ``posteriors``: ``p(c | e, t)``'s ``(μ, log σ)`` for ``e = 0, 1``, if already computed.
+    ``posteriors``: ``p(c | e, t)``'s ``(μ, log σ)`` for ``e = 0, 1``, if already computed;
+    ``code_prior``: the prior of the code given ``e = 1`` (see :func:`decoder_log_density`).
     """
     lp = [decoder_log_density(stage, name, t, z, logdet, e, samples, discriminator=True,
-                              posterior=None if posteriors is None else posteriors[e]) for e in (0, 1)]
+                              posterior=None if posteriors is None else posteriors[e],
+                              code_prior=code_prior if e == 1 else None) for e in (0, 1)]
     return lp[1] - lp[0]

@@ -121,19 +121,13 @@ class Knowledge(nn.Module):
             rescaling every code by α, which the nets' input ActNorms absorb, lowers the
             loss by ``C·log(1/α)`` per code density, and code spaces collapse
             (README, "Code space").
-        observed_as: what a child stage observing this code sees: ``"sample"``, a draw
-            ``c ~ p(c | e=1, t)`` (the paper), or ``"mean"``, ``f_c⁻¹(μ(t))`` (see
-            :meth:`tzkgraph.model.stage.TzKStage.child_code`).
     """
 
     def __init__(self, t_shape: Sequence[int], z_dim: int, code_dim: int, hidden: int = 64,
                  code_steps: int = 4, code_hidden: int = 64, permutation: str = "shuffle",
-                 volume_preserving: bool = True, observed_as: str = "sample"):
+                 volume_preserving: bool = True):
         super().__init__()
-        if observed_as not in ("sample", "mean"):
-            raise ValueError(f"observed_as must be 'sample' or 'mean', got {observed_as!r}")
         self.code_dim = code_dim
-        self.observed_as = observed_as
         self.code_flow = VectorFlow(code_dim, code_steps, code_hidden, permutation,
                                     volume_preserving=volume_preserving)
         self.encoder_discriminator = encoder_net(t_shape, hidden, 1)

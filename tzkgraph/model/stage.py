@@ -31,16 +31,19 @@ class StageOutput:
 
     Attributes:
         loss: what is differentiated: the negative lower bound ``−½(log p_enc + log p_dec)``
-            per example of the batch, less the cut factor (see ``exact_gradient``).
+            per example of the batch (less ``α``'s labelled term, see ``label_weight``).
         metrics: detached scalar diagnostics (no host sync until read), among them
-            ``objective`` (= ``loss``) and ``bound``, the paper's.
-        codes: for each requested knowledge, ``c ~ p(c | e=1, t)``
-            (reparameterised), the observation a child stage sees.
+            ``objective`` (= ``loss``) and ``bound``.
+        codes: for each knowledge type with a child, ``c ~ p(c | e=1, t)`` (reparameterised,
+            the draw the stage's own e = 1 terms used): the observation the child sees.
+        present: for the same, ``P(e = 1)`` per example (``e`` where observed, else
+            ``q(e = 1 | t)``, with gradient): the weight of the child's bound.
     """
 
     loss: Tensor
     metrics: dict[str, Tensor] = field(default_factory=dict)
     codes: dict[str, Tensor] = field(default_factory=dict)
+    present: dict[str, Tensor] = field(default_factory=dict)
 
 
 def _weighted_mean(weight: Tensor | None):
@@ -106,16 +109,14 @@ class TzKStage(nn.Module):
             images; ``activation`` of its coupling nets, ``"swish"`` or ``"relu"``).
         net_hidden: width of every knowledge type's networks.
         code_steps, code_hidden: default code-flow size.
-        exact_gradient: differentiate the ``−(K−1)·log p(t)`` factor of ``log p_dec``
-            too. Off by default: that factor's gradient rewards a trainable t-flow (or a
-            parent's code) for shrinking ``p(t)`` when ``K > 2``, and the bound then
-            diverges. Off, the objective is the bound without that factor wherever
-            ``log p(t)`` has a gradient; the bound's value is reported either way.
-        objective: ``"paper"`` (default): Eq. 10 on the completed data, the code imputed per
-            batch from the encoder or the code prior; ``"marginal"``: the codes integrated
-            out — the bound on ``½ log p_enc(t, e) + ½ log p_dec(t, e)`` whose decoder half is
+        objective: ``"marginal"`` (default) or ``"paper"``: Eq. 10 on the completed data, the
+            code imputed per batch from the encoder or the code prior; ``"marginal"``: the codes
+            integrated out — the bound on ``½ log p_enc(t, e) + ½ log p_dec(t, e)`` whose decoder half is
             an evidence lower bound with ``p(c | e, t)`` as inference distribution (see
             :mod:`tzkgraph.model.terms` and the README, "What is optimised").
+        label_weight: ``α ≥ 0``, objective "marginal": the objective adds ``α·Σ log p(e_i | t)``
+            over the observed ``e_i`` to the bound (the semi-supervised VAE's labelled term);
+            ``metrics["bound"]`` stays the bound alone.
         stacked: evaluate knowledge types of identical structure as one stacked
             batch (:mod:`tzkgraph.model.stacked`) in :meth:`loss` and :meth:`discriminate`;
             the same function as one at a time, with about K times fewer operators.
@@ -129,12 +130,13 @@ class TzKStage(nn.Module):
     def __init__(self, t_shape: Sequence[int], knowledge: Mapping[str, int | Mapping], *,
                  levels: int = 3, steps: int = 4, hidden: int = 64, permutation: str = "shuffle",
                  activation: str = "swish", net_hidden: int = 64, code_steps: int = 4, code_hidden: int = 64,
-                 exact_gradient: bool = False, stacked: bool = True, objective: Objective = "paper"):
+                 stacked: bool = True, objective: Objective = "marginal",
+                 label_weight: float = 0.0):
         super().__init__()
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         self.t_shape = tuple(t_shape)
-        self.exact_gradient = exact_gradient
+        self.label_weight = label_weight
         self.objective = objective
         self.stacked = stacked
         self._structure: dict[str, tuple] = {}  # knowledge name -> (signature, its ActNorms)
@@ -200,17 +202,18 @@ class TzKStage(nn.Module):
         noise = torch.randn_like(mean)
         return self.knowledge[name].code_flow.inverse(mean + temperature * log_std.exp() * noise)
 
-    def child_code(self, name: str, mean: Tensor, log_std: Tensor) -> Tensor:
-        """What a child stage observes of code ``name`` given its posterior ``(μ, log σ)``, ``(B, C)``.
+    def child_inputs(self, name: str, t: Tensor, e: Tensor, observed: Tensor,
+                     posterior: tuple[Tensor, Tensor] | None = None,
+                     logit: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """What a child stage of knowledge ``name`` gets: ``c ~ q(c | e=1, t)`` and ``P(e = 1)``.
 
-        A draw ``c ~ p(c | e=1, t)`` (the knowledge type's ``observed_as: sample``, the
-        paper's), or ``f_c⁻¹(μ)`` (``mean``): the code at the posterior's base-space mean,
-        without the posterior's noise, which under the marginal objective is wider than
-        the spread of the means between images (README, Quality).
+        ``P(e = 1)`` is ``e`` where observed, else ``q(e = 1 | t)``. ``posterior`` (``(μ, log σ)``)
+        and ``logit`` may come from a cache instead of ``t``.
         """
-        if self.knowledge[name].observed_as == "mean":
-            return self.knowledge[name].code_flow.inverse(mean)
-        return self.draw_code(name, mean, log_std)
+        kn = self.knowledge[name]
+        mean, log_std = posterior if posterior is not None else kn.posterior(t, 1)
+        logit = logit if logit is not None else kn.encoder_logit(t)
+        return self.draw_code(name, mean, log_std), torch.where(observed, e.to(logit.dtype), torch.sigmoid(logit))
 
     def conditional_log_prob(self, name: str, t: Tensor, z: Tensor | None = None,
                              logdet: Tensor | None = None) -> Tensor:
@@ -235,11 +238,21 @@ class TzKStage(nn.Module):
 
     # --- sampling --------------------------------------------------------------------------
 
-    def sample_code(self, name: str, n: int, temperature: float = 1.0) -> Tensor:
-        """Draws ``c ~ p(c)``, ``(n, C)``."""
+    def sample_code(self, name: str, n: int, temperature: float = 1.0, guide: int = 0, e: int = 1) -> Tensor:
+        """Draws ``c ~ p(c)``, or with ``guide = M`` from ``p(c | e) ∝ p(e | c) p(c)``, ``(n, C)``.
+
+        Guided: ``M`` codes per sample from ``p(c)`` (at ``temperature``), one of them kept with
+        probability ``∝ p(e | c)`` (sampling-importance-resampling; exact as ``M → ∞``).
+        """
         kn = self.knowledge[name]
-        u = temperature * torch.randn(n, kn.code_dim, device=self._device(), dtype=self._dtype())
-        return kn.code_flow.inverse(u)
+        m = max(guide, 1)
+        u = temperature * torch.randn(n * m, kn.code_dim, device=self._device(), dtype=self._dtype())
+        c = kn.code_flow.inverse(u)
+        if guide <= 1:
+            return c
+        log_w = torch.nn.functional.logsigmoid((2 * e - 1) * kn.decoder_logit(c)).view(n, m)
+        pick = torch.multinomial(torch.softmax(log_w.float(), dim=1), 1).squeeze(1)
+        return c.view(n, m, -1)[torch.arange(n, device=c.device), pick]
 
     def decode(self, name: str, c: Tensor, temperature: float = 1.0, e: int = 1) -> Tensor:
         """Draws ``t ~ p(t | e, c)``, ``(B, *t_shape)``."""
@@ -247,18 +260,19 @@ class TzKStage(nn.Module):
         return self.t_flow.inverse(mean + temperature * log_std.exp() * torch.randn_like(mean))
 
     @torch.no_grad()
-    def sample(self, n: int, knowledge: str | None = None, temperature: float = 1.0) -> Tensor:
+    def sample(self, n: int, knowledge: str | None = None, temperature: float = 1.0, guide: int = 0) -> Tensor:
         """Draws ``t`` from the prior ``p(t)``, or from ``p(t | e=1, c)`` with ``c ~ p(c)``.
 
         Arguments:
             n: number of samples.
             knowledge: a knowledge type's name, or ``None`` for the prior.
             temperature: scales every Gaussian base's standard deviation.
+            guide: ``M > 1`` draws ``c`` from ``p(c | e=1)`` instead (see :meth:`sample_code`).
         """
         if knowledge is None:
             z = temperature * torch.randn(n, self.z_dim, device=self._device(), dtype=self._dtype())
             return self.t_flow.inverse(z)
-        return self.decode(knowledge, self.sample_code(knowledge, n, temperature), temperature)
+        return self.decode(knowledge, self.sample_code(knowledge, n, temperature, guide), temperature)
 
     def _device(self) -> torch.device:
         return next(self.parameters()).device
@@ -271,8 +285,7 @@ class TzKStage(nn.Module):
     def loss(self, t: Tensor, e: Tensor, observed: Tensor | None = None, *,
              z: Tensor | None = None, logdet: Tensor | None = None,
              active: Sequence[str] | None = None, mode: Mode | None = None,
-             emit_codes: Collection[str] = (), weight: Tensor | None = None,
-             t_discriminated: Tensor | None = None) -> StageOutput:
+             emit_codes: Collection[str] = (), weight: Tensor | None = None) -> StageOutput:
         """The negative lower bound ``−½(log p_enc + log p_dec)`` (Eq. 10), per example of the batch.
 
         Objective ``"marginal"``: each code is integrated out by a one-sample evidence
@@ -286,10 +299,12 @@ class TzKStage(nn.Module):
         types, which then run as one stacked batch (see ``stacked``) or one at a
         time: the same function of that noise (:func:`knowledge_terms`).
 
-        What is differentiated (``loss``, also ``metrics["objective"]``) is the bound
-        itself, except that with ``exact_gradient`` off and a ``log p(t)`` that has a
-        gradient, the ``−(K−1)·log p(t)`` factor of ``log p_dec`` is left out (see
-        the class docs); ``metrics["bound"]`` is always the paper's.
+        ``log p_dec`` is the mean over ``j`` of the normalised decoder models
+        ``p_j(t, e_j) Π_{i≠j} p(e_i | t)``: ``mean_j dec_j + (1 − 1/K) Σ_j enc_j`` (the paper's
+        Eq. 4 divides the product by ``p(t)^(K−1)`` instead, which is no density of ``t``:
+        as the prior of a parent's code it runs off to infinity; docs/objective.md). What is
+        differentiated (``loss``, also ``metrics["objective"]``) is the bound itself, plus
+        ``label_weight``'s term; ``metrics["bound"]`` is the bound alone.
 
         Arguments:
             t: observations ``(B, *t_shape)``.
@@ -300,17 +315,18 @@ class TzKStage(nn.Module):
                 gives the plain flow NLL ``−log p(t)`` (K = 0).
             mode: objective "paper": ``"encoder"`` or ``"decoder"`` to fix the code source;
                 ``None`` draws it (unused by "marginal").
-            emit_codes: knowledge types whose codes to return, as a child observes them
-                (:meth:`child_code`).
+            emit_codes: knowledge types a child stage observes (objective "marginal"): their
+                ``e = 1`` bounds take the entropy of ``q(c | e=1, t)`` for the KL, and their
+                draws and ``P(e = 1)`` are returned for the child, whose bound completes them.
             weight: ``(B,)`` per-example weights (default 1). A graph passes 0 for
                 examples whose parent knowledge is absent, which keeps every shape
                 static (no data-dependent indexing). The loss is ``Σ w·L / B``, so
                 stages' losses add up to a per-example joint; the metrics are means
                 over the examples with ``w > 0``.
-            t_discriminated: what the discriminators ``p(e_i | t)`` read instead of ``t``: the
-                same values, through which a graph sends the gradient of the
-                discriminators alone into the parents' codes (``edge_gradient``).
         """
+        if emit_codes and self.objective != "marginal":
+            raise ValueError(f"emit_codes needs objective 'marginal' (a child is the prior of the code), "
+                             f"got {self.objective!r}")
         if z is None:
             z, logdet = self.t_flow(t)
         log_p_t = gaussian_log_prob(z) + logdet  # (B,)
@@ -325,44 +341,49 @@ class TzKStage(nn.Module):
         per_example = _per_example(weight)  # the loss: a sum over the batch, per example
         metrics: dict[str, Tensor] = {"log_p_t": mean(log_p_t.detach())}
         log_p_enc = log_p_t
-        # p_dec = Π p(t|k_i) p(k_i) / p(t)^(K-1) (Eq. 4). With K > 2, differentiating the
-        # -(K-1) log p(t) factor rewards a t-flow for making p(t) small and the bound runs off
-        # to -inf: unless `exact_gradient`, the objective leaves it out where it has a gradient.
-        cut = not self.exact_gradient and log_p_t.requires_grad and len(names) > 1
-        log_p_knowledge = torch.zeros_like(log_p_t)  # Σ_i log p(t | k_i) p(k_i)
+        log_p_knowledge = torch.zeros_like(log_p_t)  # Σ_j dec_j, the decoders' joints
         columns = {name: i for i, name in enumerate(self.names)}
         counted = observed if weight is None else observed & (weight > 0).unsqueeze(1)
         known = counted.T  # (K, B): e known, example counted
         e = e.T
         per_name: dict[str, dict[str, Tensor]] = {}
-        posteriors: dict[str, tuple[Tensor, Tensor]] = {}
+        codes, present = {}, {}
+        labelled = torch.zeros_like(log_p_t)  # Σ log p(e_i | t) over the observed e_i
         for group in self.groups(names):
             rows = [columns[name] for name in group]
             e_g, known_g = e[rows], known[rows]  # (K_g, B)
-            terms = self._group_terms(group, t, z, logdet, e_g, known_g, mode, t_discriminated)
+            has_child = [name in emit_codes for name in group]
+            terms = self._group_terms(group, t, z, logdet, e_g, known_g, mode, has_child)
             log_p_enc = log_p_enc + terms.enc.sum(0)
+            if self.label_weight and self.objective == "marginal":
+                labelled = labelled + terms.enc.sum(0)
             log_p_knowledge = log_p_knowledge + terms.dec.sum(0)
             with torch.no_grad():
                 values = _knowledge_metrics(terms, e_g, known_g, log_p_t, mean)  # (K_g,) each
             for key, value in values.items():
                 for name, v in zip(group, value.unbind()):
                     per_name.setdefault(name, {})[key] = v
-            posteriors.update(zip(group, zip(terms.posterior[0].unbind(), terms.posterior[1].unbind())))
+            for i, name in enumerate(group):
+                if name in emit_codes:
+                    codes[name], present[name] = terms.draw[i], terms.present[i]
         for name in names:
             metrics.update({f"{name}/{key}": v for key, v in per_name[name].items()})
-        codes = {}
         for name in emit_codes:
-            mu, log_sigma = posteriors.get(name) or self.knowledge[name].encoder_posterior[1](t)
-            codes[name] = self.child_code(name, mu, log_sigma)
-        log_p_dec = log_p_knowledge - (len(names) - 1) * log_p_t
-        objective = -0.5 * per_example(log_p_enc + (log_p_knowledge if cut else log_p_dec))
-        bound = -0.5 * per_example(log_p_enc.detach() + log_p_dec.detach())
+            if name not in codes:  # a frozen knowledge type: its terms are constants here
+                codes[name], present[name] = self.child_inputs(name, t, e[columns[name]],
+                                                               observed.T[columns[name]])
+        k = max(len(names), 1)  # log p_dec = mean_j [dec_j + Σ_{i≠j} enc_i]
+        log_p_dec = log_p_knowledge / k + (1 - 1 / k) * (log_p_enc - log_p_t) if names else log_p_t
+        objective = -0.5 * per_example(log_p_enc + log_p_dec)
+        bound = objective.detach()
+        if self.label_weight and self.objective == "marginal":
+            objective = objective - self.label_weight * per_example(labelled)
         metrics.update(loss=objective.detach(), objective=objective.detach(), bound=bound,
                        log_p_enc=mean(log_p_enc.detach()), log_p_dec=mean(log_p_dec.detach()))
-        return StageOutput(objective, metrics, codes)
+        return StageOutput(objective, metrics, codes, present)
 
     def _group_terms(self, group: Sequence[str], t: Tensor, z: Tensor, logdet: Tensor, e: Tensor,
-                     known: Tensor, mode: Mode, t_discriminated: Tensor | None = None) -> KnowledgeTerms:
+                     known: Tensor, mode: Mode, has_child: Sequence[bool] = ()) -> KnowledgeTerms:
         """:func:`knowledge_terms` of a group of identical structure, every result ``(K_g, …)``.
 
         Draws the group's noise, then evaluates the group stacked, or one at a time
@@ -372,14 +393,18 @@ class TzKStage(nn.Module):
         dtype = torch.promote_types(z.dtype, torch.float32)
         noise = torch.randn(k, batch, self.knowledge[group[0]].code_dim, device=z.device, dtype=dtype)
         uniform = torch.rand(k, batch, device=z.device, dtype=dtype)
+        has_child = list(has_child) or [False] * k
         stacked = self._stack(group)
         if stacked is not None:
+            children = torch.tensor(has_child, device=z.device).unsqueeze(1) if any(has_child) else False
             return knowledge_terms(stacked, t, z, logdet, e, known, uniform, noise, mode, self.objective,
-                                   t_discriminated)
+                                   children)
         each = [knowledge_terms(self.knowledge[name], t, z, logdet, e[i], known[i], uniform[i], noise[i],
-                                mode, self.objective, t_discriminated)
+                                mode, self.objective, has_child[i])
                 for i, name in enumerate(group)]
-        enc, dec, mu, log_sigma, logit_t, logit_post, code, code_logdet = (
-            torch.stack(x) for x in zip(*[(o.enc, o.dec, *o.posterior, o.logit_t, o.logit_post, o.code,
-                                           o.code_logdet) for o in each]))
-        return KnowledgeTerms(enc, dec, (mu, log_sigma), logit_t, logit_post, code, code_logdet)
+        fields = [(o.enc, o.dec, *o.posterior, o.logit_t, o.logit_post, o.code, o.code_logdet) for o in each]
+        enc, dec, mu, log_sigma, logit_t, logit_post, code, code_logdet = (torch.stack(x) for x in zip(*fields))
+        draw = present = None
+        if each[0].draw is not None:
+            draw, present = torch.stack([o.draw for o in each]), torch.stack([o.present for o in each])
+        return KnowledgeTerms(enc, dec, (mu, log_sigma), logit_t, logit_post, code, code_logdet, draw, present)

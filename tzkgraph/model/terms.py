@@ -10,6 +10,7 @@ imputed per batch from the encoder posterior or the code prior. The README
 
 from __future__ import annotations
 
+import math
 from typing import Literal, NamedTuple, Protocol
 
 import torch
@@ -44,11 +45,13 @@ class KnowledgeTerms(NamedTuple):
     logit_post: Tensor  #: logit of p(e = 1 | c) at c ~ p(c | e, t), no gradient
     code: Tensor  #: the code c the terms were evaluated at, detached, (…, B, C)
     code_logdet: Tensor  #: log|det ∂f_c/∂c| there, detached (0 for a volume-preserving f_c)
+    draw: Tensor | None = None  #: "marginal": c ~ q(c | e=1, t), reparameterised (the code a child observes)
+    present: Tensor | None = None  #: "marginal": P(e = 1): e where observed, else q(e = 1 | t) (with gradient)
 
 
 def knowledge_terms(kn: _Evaluates, t: Tensor, z: Tensor, logdet: Tensor, e: Tensor, observed: Tensor,
                     uniform: Tensor, noise: Tensor, mode: Mode = "encoder",
-                    objective: Objective = "paper", t_discriminated: Tensor | None = None) -> KnowledgeTerms:
+                    objective: Objective = "paper", has_child: Tensor | bool = False) -> KnowledgeTerms:
     """One knowledge type's (or, stacked, K types') terms of the bound, given all the noise.
 
     A deterministic function of its arguments: :meth:`TzKStage.loss` draws the noise,
@@ -66,8 +69,9 @@ def knowledge_terms(kn: _Evaluates, t: Tensor, z: Tensor, logdet: Tensor, e: Ten
             ``f_c⁻¹(noise)`` (decoder, objective "paper").
         mode: objective "paper": ``"encoder"`` or ``"decoder"``, the code's source.
         objective: ``"marginal"`` or ``"paper"`` (see the module docs).
-        t_discriminated: what the discriminator ``p(e | t)`` reads, if not ``t``: the same
-            values with another gradient path (a graph's ``edge_gradient``).
+        has_child: objective "marginal": whether a child stage is the prior of the code (``(…, 1)``
+            bool, or one bool): then the ``e = 1`` bound leaves out ``−KL(q ‖ p(c))`` for the
+            entropy ``H[q]``, and the child's bound on :attr:`KnowledgeTerms.draw` completes it.
 
     Returns:
         :class:`KnowledgeTerms`; where ``e`` is unobserved both joints are marginalised
@@ -78,12 +82,12 @@ def knowledge_terms(kn: _Evaluates, t: Tensor, z: Tensor, logdet: Tensor, e: Ten
         raise ValueError(f"mode must be 'encoder' or 'decoder', got {mode!r}")
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-    logit_t = kn.encoder_logit(t if t_discriminated is None else t_discriminated)
+    logit_t = kn.encoder_logit(t)
     posterior = [kn.posterior(t, value) for value in (0, 1)]  # [(μ, log σ)] for e = 0, 1
     e_draw = torch.where(observed, e, (uniform < torch.sigmoid(logit_t.detach())).to(e.dtype))
     pick = e_draw.bool().unsqueeze(-1)
     if objective == "marginal":
-        return _marginal(kn, z, logdet, e, observed, noise, logit_t, posterior, pick)
+        return _marginal(kn, z, logdet, e, observed, noise, logit_t, posterior, pick, has_child)
     sample = torch.where(pick, posterior[1][0], posterior[0][0]) \
         + torch.where(pick, posterior[1][1], posterior[0][1]).exp() * noise
     c = kn.code_inverse(sample if mode == "encoder" else noise)
@@ -107,7 +111,8 @@ def knowledge_terms(kn: _Evaluates, t: Tensor, z: Tensor, logdet: Tensor, e: Ten
 
 
 def _marginal(kn: _Evaluates, z: Tensor, logdet: Tensor, e: Tensor, observed: Tensor, noise: Tensor,
-              logit_t: Tensor, posterior: list[tuple[Tensor, Tensor]], pick: Tensor) -> KnowledgeTerms:
+              logit_t: Tensor, posterior: list[tuple[Tensor, Tensor]], pick: Tensor,
+              has_child: Tensor | bool = False) -> KnowledgeTerms:
     """The terms of objective "marginal": ``c`` integrated out, not imputed.
 
     ``enc = log p(e | t)`` — the encoder's joint ``p(t) p(e | t) p(c | e, t)`` integrates
@@ -117,6 +122,12 @@ def _marginal(kn: _Evaluates, z: Tensor, logdet: Tensor, e: Tensor, observed: Te
     example, the KL in closed form in f_c's base space (where both are Gaussians; the
     KL is invariant under f_c, so f_c's log-determinant cancels). An unobserved ``e`` takes
     ``q(e, c) = p(e | t) p(c | e, t)``: ``dec = Σ_e p(e | t) (bound_e − log p(e | t))``.
+
+    Where a child stage observes the code (``has_child``), the child is the prior of
+    ``c`` given ``e = 1``: ``−KL(q ‖ p(c)) = H[q] + E_q log p(c)`` keeps ``H[q]`` (in c-space:
+    ``Σ log σ + C/2·log 2πe − E_q log|det ∂f_c/∂c|``) and the child's bound on the same draw
+    :attr:`KnowledgeTerms.draw`, weighted by :attr:`KnowledgeTerms.present`, stands in for
+    ``E_q log p(c)`` (docs/objective.md).
     """
     bound_e, logit_e, code_e = [], [], []
     for value, sign in ((0, -1.0), (1, 1.0)):
@@ -124,6 +135,10 @@ def _marginal(kn: _Evaluates, z: Tensor, logdet: Tensor, e: Tensor, observed: Te
         c = kn.code_inverse(mean + log_std.exp() * noise)
         logit_c = kn.decoder_logit(c)
         kl = 0.5 * (mean.square() + (2 * log_std).exp() - 1 - 2 * log_std).sum(-1)
+        if value == 1 and has_child is not False:
+            code_dim = mean.shape[-1]
+            entropy = log_std.sum(-1) + 0.5 * code_dim * (1 + math.log(2 * math.pi)) - kn.code_forward(c)[1]
+            kl = torch.where(torch.as_tensor(has_child, device=kl.device), -entropy, kl)
         log_p_t_given_c = gaussian_log_prob(z, *kn.decoder_gaussian(c, value), event_dims=1) + logdet
         bound_e.append(log_p_t_given_c + F.logsigmoid(sign * logit_c) - kl.to(log_p_t_given_c.dtype))
         logit_e.append(logit_c)
@@ -134,8 +149,10 @@ def _marginal(kn: _Evaluates, z: Tensor, logdet: Tensor, e: Tensor, observed: Te
     present = e.bool()
     enc = torch.where(observed, torch.where(present, log_q_e[1], log_q_e[0]), torch.zeros_like(logit_t))
     dec = torch.where(observed, torch.where(present, bound_e[1], bound_e[0]), unknown)
+    p_1 = torch.where(observed, e.to(q_1.dtype), q_1)
     with torch.no_grad():
         c = torch.where(pick, code_e[1], code_e[0])
         logit_post = torch.where(pick.squeeze(-1), logit_e[1], logit_e[0])
         code_logdet = kn.code_forward(c)[1]
-    return KnowledgeTerms(enc, dec, posterior[1], logit_t.detach(), logit_post, c, code_logdet)
+    return KnowledgeTerms(enc, dec, posterior[1], logit_t.detach(), logit_post, c, code_logdet,
+                          code_e[1], p_1)

@@ -27,9 +27,8 @@ __all__ = [
 
 TOP_KEYS = ("name", "seed", "data", "stages", "train")
 DATA_KEYS = ("root", "sources", "image", "dequant_seed", "limit", "labelled")
-STAGE_KEYS = ("observe", "flow", "code_flow", "nets", "knowledge", "objective", "exact_gradient", "edge_gradient")
-KNOWLEDGE_KEYS = ("code_dim", "present", "code_flow", "group", "observed_as")
-OBSERVED_AS = ("sample", "mean")  # what a child stage observes of a parent code
+STAGE_KEYS = ("observe", "flow", "code_flow", "nets", "knowledge", "objective", "label_weight")
+KNOWLEDGE_KEYS = ("code_dim", "present", "code_flow", "group")
 FLOW_KEYS = ("levels", "steps", "hidden", "permutation", "activation")
 ACTIVATIONS = ("swish", "relu")    # the keys of tzkgraph.model.flows.coupling.ACTIVATIONS
 CODE_FLOW_KEYS = ("steps", "hidden", "permutation", "volume_preserving")
@@ -147,7 +146,18 @@ def parse_spec(data: Any, source: str = "<dict>") -> GraphSpec:
     spec = GraphSpec(name, tuple(stages), TrainSpec(), data_spec, seed, source)
     _check_graph(spec, places)
     train = _read_train(data.get("train"), spec)
+    _check_priors(spec)
     return dataclasses.replace(spec, train=train)
+
+
+def _check_priors(spec: GraphSpec) -> None:
+    """A child is the prior of the code it observes: its parent integrates that code out."""
+    for stage in spec.stages:
+        for parent, k in stage.parents:
+            if spec.stage(parent).objective != "marginal":
+                raise ConfigError(f"stages.{parent}.objective", f"stage {stage.name!r} observes "
+                                  f"{parent}/{k}, and a child is the prior of the code it observes: "
+                                  "that needs objective: marginal")
 
 
 def _check_top(data: Any, where: str) -> None:
@@ -227,23 +237,13 @@ def _read_stage(name: Any, value: Any, data: DataSpec | None,
     for k in knowledge:
         if k.name in groups:
             raise ConfigError(places[k.name], f"knowledge {k.name!r} has the name of a group")
-    exact = read_bool(raw.get("exact_gradient", False), f"{where}.exact_gradient")
-    objective = read_choice(raw.get("objective", "paper"), f"{where}.objective", ("marginal", "paper"), "objective")
-    edge = _read_edge_gradient(raw.get("edge_gradient", False), f"{where}.edge_gradient")
-    if edge and is_root:
-        raise ConfigError(f"{where}.edge_gradient", "a root stage observes data: it has no parent codes to differentiate into")
-    stage = StageSpec(name, observe, tuple(knowledge), flow, code_flow, nets, exact, objective, edge)
+    objective = read_choice(raw.get("objective", "marginal"), f"{where}.objective", ("marginal", "paper"), "objective")
+    label_weight = read_float(raw.get("label_weight", 0.0), f"{where}.label_weight", ge=0.0)
+    if label_weight and objective != "marginal":
+        raise ConfigError(f"{where}.label_weight", "applies to objective: marginal (its labelled term "
+                                                   "is log p(e|t))")
+    stage = StageSpec(name, observe, tuple(knowledge), flow, code_flow, nets, objective, label_weight)
     return stage, {(name, k): place for k, place in places.items()}
-
-
-def _read_edge_gradient(value: Any, where: str) -> float:
-    """``false`` (0), ``true`` (1), or the scale ``s ≥ 0`` of a child's gradient into its parents' codes."""
-    if isinstance(value, bool):
-        return float(value)
-    try:
-        return read_float(value, where, ge=0.0)
-    except ConfigError:
-        raise ConfigError(where, f"expected true, false or a scale >= 0, got {show(value)}") from None
 
 
 def _read_observe(value: Any, where: str) -> tuple[str, ...]:
@@ -342,10 +342,8 @@ def _read_knowledge(name: str, value: Any, where: str, group: str | None,
         if not _GROUP_NAME_RE.fullmatch(group) or group == FLOW_PART:
             raise ConfigError(f"{where}.group", f"expected a group name of letters, digits, "
                                                 f"'_' and '.' (not 'flow'), got {group!r}")
-    observed_as = read_choice(raw.get("observed_as", "sample"), f"{where}.observed_as", OBSERVED_AS,
-                              "way to observe a code")
     return KnowledgeSpec(name, code_dim, present, group,
-                         _read_code_flow(raw.get("code_flow"), f"{where}.code_flow", code_flow), observed_as)
+                         _read_code_flow(raw.get("code_flow"), f"{where}.code_flow", code_flow))
 
 
 def _check_graph(spec: GraphSpec, places: dict) -> None:

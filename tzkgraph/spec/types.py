@@ -121,15 +121,12 @@ class KnowledgeSpec:
     present: PresentRule           # which examples have e = 1
     group: str | None = None       # mutually exclusive group (range key such as "0..9"), or None
     code_flow: CodeFlowSpec = field(default_factory=CodeFlowSpec)
-    observed_as: str = "sample"    # what a child observes of c: "sample" c ~ p(c|e=1,t), or "mean" f_c⁻¹(μ)
 
     def to_dict(self) -> dict[str, Any]:
         out = {"code_dim": self.code_dim, "present": self.present.to_dict(),
                "code_flow": asdict(self.code_flow)}
         if self.group is not None:
             out["group"] = self.group
-        if self.observed_as != "sample":  # left out by default: older graphs keep their identity
-            out["observed_as"] = self.observed_as
         return out
 
 
@@ -143,9 +140,8 @@ class StageSpec:
     flow: FlowSpec = field(default_factory=FlowSpec)
     code_flow: CodeFlowSpec = field(default_factory=CodeFlowSpec)   # the stage's default
     nets: NetsSpec = field(default_factory=NetsSpec)
-    exact_gradient: bool = False             # differentiate the -(K-1) log p(t) factor too (README)
-    objective: str = "paper"                 # "paper" (Eq. 10, codes imputed) or "marginal" (integrated out)
-    edge_gradient: float = 0.0               # the child's gradient into its parents' codes, scaled (0: none; README)
+    objective: str = "marginal"              # "marginal" (codes integrated out) or "paper" (Eq. 10, imputed)
+    label_weight: float = 0.0                # α: the objective adds α·Σ log p(e|t) of the observed e (docs/objective.md)
 
     @property
     def is_root(self) -> bool:
@@ -187,11 +183,9 @@ class StageSpec:
         out = {"observe": observe, "flow": self.flow.to_dict(),
                "code_flow": asdict(self.code_flow), "nets": asdict(self.nets),
                "knowledge": {k.name: k.to_dict() for k in self.knowledge}}
-        for key, default in (("objective", "paper"), ("exact_gradient", False), ("edge_gradient", 0.0)):
+        for key, default in (("objective", "marginal"), ("label_weight", 0.0)):
             if getattr(self, key) != default:  # training choices: left out at their defaults
                 out[key] = getattr(self, key)
-        if self.edge_gradient == 1.0:  # written `true` before it took a scale: the same graph
-            out["edge_gradient"] = True
         return out
 
 

@@ -156,7 +156,7 @@ class _Pass:
                 for k in wanted:
                     _, (mean, log_std) = self.posteriors[name, k]  # a root's mask is every row
                     u = mean.expand(n_draws, *mean.shape)
-                    draws[name][k] = stage.child_code(k, u.flatten(0, 1), log_std.expand_as(u).flatten(0, 1)) \
+                    draws[name][k] = stage.draw_code(k, u.flatten(0, 1), log_std.expand_as(u).flatten(0, 1)) \
                         .view(u.shape)
                 continue
             rows = masks[name].nonzero().flatten()
@@ -172,10 +172,18 @@ class _Pass:
                 right = _group_right(probs[:, cols], e[:, cols], group in exclusive, 0.5)
                 self.sums[name][f"group {group}/marginal_correct"] += float(right.sum())
             for k in wanted:
-                code = stage.child_code(k, *stage.knowledge[k].posterior(flat, 1)).view(n_draws, len(rows), -1)
+                code = stage.draw_code(k, *stage.knowledge[k].posterior(flat, 1)).view(n_draws, len(rows), -1)
                 full = code.new_zeros(n_draws, len(index), code.shape[-1])
                 full[:, rows] = code
                 draws[name][k] = full
+
+    def _code_prior(self, name: str, k: str):
+        """``c ↦ log p(c)`` of a code whose only observer is a child observing it alone (the
+        child's flow density: the prior of that code in the trained model), else ``None``."""
+        children = self.spec.children(name, k)
+        if len(children) != 1 or len(self.spec.stage(children[0]).parents) != 1:
+            return None
+        return self.model.stages[children[0]].log_prob
 
     def _stage(self, name: str, t: Tensor, e: Tensor, mask: Tensor) -> dict[str, Tensor]:
         """Adds one stage's figures on the rows ``t`` (``e``: their (n, K) present bools)."""
@@ -200,14 +208,16 @@ class _Pass:
             if (name, k) in self.observed_refs:
                 self.posteriors[name, k] = (mask, posterior[1])  # for _marginal
             c = stage.draw_code(k, *posterior[1])  # c ~ p(c | e=1, t) (Appendix C)
-            codes[k][mask] = (c if kn.observed_as == "sample" else stage.child_code(k, *posterior[1])).float()
+            codes[k][mask] = c.float()  # what a child observes: the draw, as in training
             mean, log_std = kn.decoder[1](c)
             log_p = gaussian_log_prob(z, mean, log_std) + logdet  # log p(t | e=1, c)
             rows = present.nonzero().flatten()
+            prior = self._code_prior(name, k)
             iw = decoder_log_density(stage, k, t[rows], z[rows], logdet[rows], 1, self.iw_samples,
-                                     posterior=tuple(x[rows] for x in posterior[1])) \
+                                     posterior=tuple(x[rows] for x in posterior[1]), code_prior=prior) \
                 if len(rows) else z.new_zeros(0)
-            odds[k] = decoder_log_odds(stage, k, t, z, logdet, self.iw_samples, posteriors=posterior)
+            odds[k] = decoder_log_odds(stage, k, t, z, logdet, self.iw_samples, posteriors=posterior,
+                                       code_prior=prior)
             says = odds[k] > 0
             sums[f"{k}/present"] += float(present.sum())
             sums[f"{k}/log_p"] += float(log_p[present].sum())

@@ -6,7 +6,7 @@ import math
 import os
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -18,11 +18,46 @@ from tzkgraph.core.runtime import pick_device, seeded
 from tzkgraph.graph.model import TzKGraph
 from tzkgraph.spec.types import GraphSpec
 
-__all__ = ["IMAGE_SUFFIXES", "valid_paths", "group_members", "parse_path", "descend", "sample_path", "interpolate",
+__all__ = ["IMAGE_SUFFIXES", "Temperature", "valid_paths", "group_members", "parse_path", "parse_temperature",
+           "descend", "sample_path", "interpolate",
            "check_output", "save_grid", "write_sample_grids", "sample_to_files",
            "interpolate_to_file"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+Temperature = Union[float, Mapping[str, float]]  #: one for every stage, or per stage (default 1.0)
+
+
+def parse_temperature(text: str, spec: GraphSpec) -> Temperature:
+    """``"0.7"`` (every stage) or ``"images=0.8,digits=1.0"`` (per stage; stages left out: 1.0).
+
+    Raises:
+        TzkError: not a number ``>= 0``, or an unknown stage.
+    """
+    def number(value: str, what: str) -> float:
+        try:
+            out = float(value)
+        except ValueError:
+            out = -1.0
+        if not out >= 0 or math.isinf(out):
+            raise TzkError(f"--temperature: {what} must be a number >= 0, got {value!r}")
+        return out
+
+    if "=" not in text:
+        return number(text.strip(), "the temperature")
+    levels = {}
+    for item in text.split(","):
+        stage, _, value = item.partition("=")
+        stage = stage.strip()
+        if stage not in spec.stage_names:
+            raise TzkError(f"--temperature: unknown stage {stage!r} (stages: {', '.join(spec.stage_names)})")
+        levels[stage] = number(value.strip(), f"{stage}'s temperature")
+    return levels
+
+
+def _at(temperature: Temperature, stage: str) -> float:
+    """The temperature of ``stage``."""
+    return float(temperature.get(stage, 1.0)) if isinstance(temperature, Mapping) else float(temperature)
 
 
 def valid_paths(spec: GraphSpec) -> list[str]:
@@ -54,7 +89,7 @@ def parse_path(spec: GraphSpec, path: str) -> tuple[str, str | None]:
     return stage, knowledge or None
 
 
-def descend(model: TzKGraph, spec: GraphSpec, stage: str, t: Tensor, temperature: float = 1.0) -> Tensor:
+def descend(model: TzKGraph, spec: GraphSpec, stage: str, t: Tensor, temperature: Temperature = 1.0) -> Tensor:
     """Maps a stage's observation ``t`` down the graph to images.
 
     A child's ``t`` is the concatenation of its parents' codes; it is split
@@ -67,7 +102,8 @@ def descend(model: TzKGraph, spec: GraphSpec, stage: str, t: Tensor, temperature
         spec: its spec.
         stage: the stage ``t`` belongs to.
         t: ``(B, *t_shape)``.
-        temperature: scales every decoder's Gaussian standard deviation.
+        temperature: scales the decoders' Gaussian standard deviations (per stage: that
+            stage's decoder's).
 
     Returns:
         ``(B, C, H, W)`` images in ``[-0.5, 0.5)`` (not clamped).
@@ -75,25 +111,43 @@ def descend(model: TzKGraph, spec: GraphSpec, stage: str, t: Tensor, temperature
     while not spec.stage(stage).is_root:
         parent, k = spec.parents(stage)[0]
         c = t[:, :spec.stage(parent).get(k).code_dim]  # the first parent's code
-        t = model.stages[parent].decode(k, c, temperature)
+        t = model.stages[parent].decode(k, c, _at(temperature, parent))
         stage = parent
     return t
 
 
 @torch.no_grad()
-def sample_path(model: TzKGraph, spec: GraphSpec, path: str, n: int, temperature: float = 1.0) -> Tensor:
-    """Images sampled down a path (the paper's Appendix C).
+def sample_path(model: TzKGraph, spec: GraphSpec, path: str, n: int, temperature: Temperature = 1.0,
+                guide: int = 0) -> Tensor:
+    """Images sampled down a path: ancestral sampling of the trained hierarchy.
 
-    ``STAGE/KNOWLEDGE``: ``c ~ p(c)`` of that knowledge, ``t ~ p(t | e=1, c)``
-    by the stage's decoder, then :func:`descend` to images. ``STAGE``:
-    ``t ~ p(t)`` of its prior, then :func:`descend`.
+    ``STAGE/KNOWLEDGE``: ``c ~ p(c)`` of that knowledge (``guide = M``: from ``p(c | e=1)``
+    by resampling ``M`` draws by ``p(e=1 | c)``), ``t ~ p(t | e=1, c)`` by the stage's
+    decoder, then :func:`descend` to images. Where a child stage is the prior of that code
+    (``images/mnist`` in mnist_digits), ``c`` is the child's prior sample instead. ``STAGE``: ``t ~ p(t)`` of its prior, then
+    :func:`descend`. ``temperature``: one for every stage, or per stage.
 
     Example:
         >>> images = sample_path(model, spec, "digits/7", 64, temperature=0.7)  # (64, 1, 32, 32)
     """
     stage, knowledge = parse_path(spec, path)
-    t = model.stages[stage].sample(n, knowledge, temperature)
+    child = _prior_of(spec, stage, knowledge)
+    if child is not None:  # the code's prior is the child's model: sample its t, then decode
+        t = model.stages[child].sample(n, None, _at(temperature, child))
+        return descend(model, spec, child, t, temperature)
+    t = model.stages[stage].sample(n, knowledge, _at(temperature, stage), guide)
     return descend(model, spec, stage, t, temperature)
+
+
+def _prior_of(spec: GraphSpec, stage: str, knowledge: str | None) -> str | None:
+    """The child stage that is the prior of ``stage/knowledge``'s code (its only observer, observing
+    it alone), or ``None``: then the knowledge type's own ``p(c)`` is."""
+    if knowledge is None:
+        return None
+    children = spec.children(stage, knowledge)
+    if len(children) == 1 and len(spec.stage(children[0]).parents) == 1:
+        return children[0]
+    return None
 
 
 @torch.no_grad()
@@ -199,7 +253,7 @@ def write_sample_grids(model: TzKGraph, spec: GraphSpec, run_dir: str | os.PathL
 
 
 def sample_to_files(spec: GraphSpec, output: str | os.PathLike, path: str | None = None, n: int = 64,
-                    temperature: float = 0.7, seed: int = 0) -> list[Path]:
+                    temperature: Temperature = 0.7, seed: int = 0, guide: int = 0) -> list[Path]:
     """``tzkgraph sample``: loads the trained graph and saves a grid of samples.
 
     Arguments:
@@ -210,8 +264,9 @@ def sample_to_files(spec: GraphSpec, output: str | os.PathLike, path: str | None
             ``STAGE/GROUP`` (one row of ``n`` per member, e.g. ``digits/0..9``);
             ``None`` samples every root stage's prior.
         n: samples per grid (per row for a group).
-        temperature: scales every Gaussian base's standard deviation.
+        temperature: scales every Gaussian base's standard deviation (one, or per stage).
         seed: seeds the draw.
+        guide: ``M > 1``: codes from ``p(c | e=1)`` by resampling ``M`` draws (:func:`sample_path`).
 
     Raises:
         TzkError: unknown path, unwritable output, no trained checkpoint —
@@ -229,6 +284,8 @@ def sample_to_files(spec: GraphSpec, output: str | os.PathLike, path: str | None
         jobs = [(root, output.with_name(f"{output.stem}-{root}{output.suffix}")) for root in spec.roots]
     if n < 1:
         raise TzkError(f"-n: need at least one sample, got {n}")
+    if guide < 0 or guide > 100_000:
+        raise TzkError(f"--guide: expected 0 (off) to 100000 draws per sample, got {guide}")
     device = pick_device(spec.train.device)
     model, _ = load_trained(spec, device)
     written = []
@@ -236,9 +293,9 @@ def sample_to_files(spec: GraphSpec, output: str | os.PathLike, path: str | None
         members = group_members(spec, job_path)
         with seeded(seed, device):
             if members is None:
-                written.append(save_grid(sample_path(model, spec, job_path, n, temperature), job_output))
+                written.append(save_grid(sample_path(model, spec, job_path, n, temperature, guide), job_output))
             else:
-                rows = [sample_path(model, spec, member, n, temperature) for member in members]
+                rows = [sample_path(model, spec, member, n, temperature, guide) for member in members]
                 written.append(save_grid(torch.cat(rows), job_output, nrow=n))
     return written
 
