@@ -7,6 +7,16 @@ import torch
 
 from helpers import TrainedRun
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small models run faster on one thread (and far faster on a busy machine): a module
+    opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def trained_tiny(tmp_path_factory) -> TrainedRun:
     """``graphs/tiny.yaml`` trained once for the session (300 MNIST images per split, 40 + 30 steps)."""
