@@ -77,3 +77,29 @@ def test_failed_build_leaves_the_old_file_and_no_temporaries(tmp_path):
         LatentCache(path, "k2").get_or_build(broken, n=3)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["c.h5"]
+
+
+def test_a_build_removes_the_temporaries_of_dead_writers_only(tmp_path):
+    """A build killed with SIGKILL leaves its temporary file; the next build of that key
+    removes it, and leaves a live writer's (and any other file) alone."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tzkgraph.core.files import _host
+
+    path = tmp_path / "images.t_flow.h5"
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    name = lambda pid: tmp_path / f".images.t_flow.{_host()}-{pid}.abc123.h5"
+    name(child.pid).write_bytes(b"half a cache")  # the killed build's
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    name(os.getppid()).write_bytes(b"a live build")  # a running writer (the test's parent)
+    other = tmp_path / ".images.t_flow.elsewhere-1.abc.h5"  # another host's: its PID means nothing here
+    other.write_bytes(b"")
+    LatentCache(path, "k").get_or_build(lambda i: {"x": i.float()}, 4, progress=False)
+    assert not name(child.pid).exists()
+    assert name(os.getppid()).exists() and other.exists() and path.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [path.name, name(os.getppid()).name, other.name])

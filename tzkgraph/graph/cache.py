@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from tzkgraph.core.files import atomic_write
+from tzkgraph.core.files import atomic_write, remove_stale_temporaries
 
 __all__ = ["FORMAT_VERSION", "LatentCache", "hash_module", "hash_tensors"]
 
@@ -103,6 +103,7 @@ class LatentCache:
         self.built = arrays is None
         if arrays is not None:
             return arrays
+        remove_stale_temporaries(self.path)  # of a build killed before it could clean up
         parts: dict[str, list[Tensor]] = {}
         with torch.no_grad():
             for start in tqdm(range(0, n, batch_size), desc=description, unit="batch",
