@@ -348,15 +348,12 @@ class TzKStage(nn.Module):
         e = e.T
         per_name: dict[str, dict[str, Tensor]] = {}
         codes, present = {}, {}
-        labelled = torch.zeros_like(log_p_t)  # Σ log p(e_i | t) over the observed e_i
         for group in self.groups(names):
             rows = [columns[name] for name in group]
             e_g, known_g = e[rows], known[rows]  # (K_g, B)
             has_child = [name in emit_codes for name in group]
             terms = self._group_terms(group, t, z, logdet, e_g, known_g, mode, has_child)
             log_p_enc = log_p_enc + terms.enc.sum(0)
-            if self.label_weight and self.objective == "marginal":
-                labelled = labelled + terms.enc.sum(0)
             log_p_knowledge = log_p_knowledge + terms.dec.sum(0)
             with torch.no_grad():
                 values = _knowledge_metrics(terms, e_g, known_g, log_p_t, mean)  # (K_g,) each
@@ -372,12 +369,13 @@ class TzKStage(nn.Module):
             if name not in codes:  # a frozen knowledge type: its terms are constants here
                 codes[name], present[name] = self.child_inputs(name, t, e[columns[name]],
                                                                observed.T[columns[name]])
-        k = max(len(names), 1)  # log p_dec = mean_j [dec_j + Σ_{i≠j} enc_i]
-        log_p_dec = log_p_knowledge / k + (1 - 1 / k) * (log_p_enc - log_p_t) if names else log_p_t
+        log_p_e = log_p_enc - log_p_t  # Σ_j enc_j ("marginal": Σ log p(e_j | t) over the observed e_j)
+        k = len(names)  # log p_dec = mean_j [dec_j + Σ_{i≠j} enc_i]
+        log_p_dec = log_p_knowledge / k + (1 - 1 / k) * log_p_e if names else log_p_t
         objective = -0.5 * per_example(log_p_enc + log_p_dec)
         bound = objective.detach()
         if self.label_weight and self.objective == "marginal":
-            objective = objective - self.label_weight * per_example(labelled)
+            objective = objective - self.label_weight * per_example(log_p_e)
         metrics.update(loss=objective.detach(), objective=objective.detach(), bound=bound,
                        log_p_enc=mean(log_p_enc.detach()), log_p_dec=mean(log_p_dec.detach()))
         return StageOutput(objective, metrics, codes, present)

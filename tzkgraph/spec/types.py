@@ -298,6 +298,14 @@ class GraphSpec:
         return [s.name for s in self.stages
                 if any(p == stage and (knowledge is None or k == knowledge) for p, k in s.parents)]
 
+    def prior_of(self, stage: str, knowledge: str | None) -> str | None:
+        """The child stage that is the prior of ``stage/knowledge``'s code — its only observer,
+        observing it alone — or ``None``: then the knowledge type's own ``p(c)`` is."""
+        children = self.children(stage, knowledge) if knowledge is not None else []
+        if len(children) == 1 and len(self.stage(children[0]).parents) == 1:
+            return children[0]
+        return None
+
     @property
     def roots(self) -> list[str]:
         return [stage.name for stage in self.stages if stage.is_root]

@@ -178,12 +178,9 @@ class _Pass:
                 draws[name][k] = full
 
     def _code_prior(self, name: str, k: str):
-        """``c ↦ log p(c)`` of a code whose only observer is a child observing it alone (the
-        child's flow density: the prior of that code in the trained model), else ``None``."""
-        children = self.spec.children(name, k)
-        if len(children) != 1 or len(self.spec.stage(children[0]).parents) != 1:
-            return None
-        return self.model.stages[children[0]].log_prob
+        """``c ↦ log p(c)`` where a child is the prior of the code (its flow density), else ``None``."""
+        child = self.spec.prior_of(name, k)
+        return None if child is None else self.model.stages[child].log_prob
 
     def _stage(self, name: str, t: Tensor, e: Tensor, mask: Tensor) -> dict[str, Tensor]:
         """Adds one stage's figures on the rows ``t`` (``e``: their (n, K) present bools)."""

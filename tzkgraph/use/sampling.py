@@ -131,19 +131,13 @@ def sample_path(model: TzKGraph, spec: GraphSpec, path: str, n: int, temperature
         >>> images = sample_path(model, spec, "digits/7", 64, temperature=0.7)  # (64, 1, 32, 32)
     """
     stage, knowledge = parse_path(spec, path)
-    child = _prior_of(spec, stage, knowledge)
+    child = spec.prior_of(stage, knowledge)
     if child is not None:  # the code's prior is the child's model: sample its t, then decode
         t = model.stages[child].sample(n, None, _at(temperature, child))
         return descend(model, spec, child, t, temperature)
     t = model.stages[stage].sample(n, knowledge, _at(temperature, stage), guide)
     return descend(model, spec, stage, t, temperature)
 
-
-def _prior_of(spec: GraphSpec, stage: str, knowledge: str | None) -> str | None:
-    """The child stage that is the prior of ``stage/knowledge``'s code (its only observer, observing
-    it alone), or ``None``: then the knowledge type's own ``p(c)`` is."""
-    if knowledge is None:
-        return None
     children = spec.children(stage, knowledge)
     if len(children) == 1 and len(spec.stage(children[0]).parents) == 1:
         return children[0]
