@@ -120,7 +120,7 @@ class Knowledge(nn.Module):
         volume_preserving: build ``f_c`` with ``log|det| = 0`` (the default). Otherwise
             rescaling every code by α, which the nets' input ActNorms absorb, lowers the
             loss by ``C·log(1/α)`` per code density, and code spaces collapse
-            (README, "Code space").
+            (docs/objective.md, "Code space").
     """
 
     def __init__(self, t_shape: Sequence[int], z_dim: int, code_dim: int, hidden: int = 64,

@@ -4,7 +4,7 @@
 ``½ log p_enc(t, e) + ½ log p_dec(t, e)`` whose decoder half is an evidence lower
 bound with the encoder posterior ``p(c | e, t)`` as its inference distribution.
 ``"paper"`` (a stage's default): Eq. 10 of the TzK paper on the completed data ``(t, e, c)``, with ``c``
-imputed per batch from the encoder posterior or the code prior. The README
+imputed per batch from the encoder posterior or the code prior. docs/objective.md
 ("What is optimised") argues the choice; :func:`knowledge_terms` evaluates either.
 """
 

@@ -2,7 +2,7 @@
 
 A phase trained at a constant learning rate ends wherever its last step landed: the
 default image flow's test bits/dim followed its last few steps, 2.78 to 3.64 bits/dim
-for one recipe (README, Quality). Once a phase only jitters about where it has got to, an
+for one recipe (docs/results.md). Once a phase only jitters about where it has got to, an
 average over its last few hundred steps is the steadier estimate; while it still improves
 the average lags (on the default pretraining, 0.995 was 0.10 bits/dim worse than the last
 weights). ``train.ema`` keeps one per phase and, at the phase's end, puts it in place of

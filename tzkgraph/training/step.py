@@ -65,7 +65,7 @@ class GradientClip:
 
     Per tensor, so that an outlier in one net (a decoder Gaussian sharpening) does not
     throttle the others (the classifier beside it): one global norm did, and on the quick
-    digit graph it cost up to 0.4 of digit accuracy (README, "Stable training"); Adam scales
+    digit graph it cost up to 0.4 of digit accuracy (docs/training.md, "Stable training"); Adam scales
     each tensor on its own anyway. Scale-free: only outliers are cut. The scale is a
     geometric running mean, an exponential average of the log-norms after clipping over
     about ``1/rate`` steps, started at a tensor's first gradient norm. Geometric, because
@@ -149,7 +149,7 @@ def schedule(warmup_steps: int, phase_steps: int, decay: str = "none") -> Callab
 
     ``"none"`` holds the rate after the warm-up; ``"cosine"`` lowers it along half a cosine
     to 0 at the phase's last step, so a phase ends on small steps rather than wherever its
-    last full-rate step happened to land (``train.lr_decay``; README, Quality).
+    last full-rate step happened to land (``train.lr_decay``; docs/results.md).
     """
     rise = warmup(warmup_steps)
     if decay == "none":

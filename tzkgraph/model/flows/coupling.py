@@ -11,7 +11,7 @@ from .base import Flow, centred, sum_except_batch
 __all__ = ["ACTIVATIONS", "AffineCoupling", "ConvNet", "coupling_net", "coupling_log_scale",
            "LOG_SCALE_BOUND"]
 
-LOG_SCALE_BOUND = 5.0  # a coupling shrinks a dimension by at most e^-5 (README, "Stable training")
+LOG_SCALE_BOUND = 5.0  # a coupling shrinks a dimension by at most e^-5 (docs/training.md, "Stable training")
 
 
 def coupling_log_scale(raw: Tensor, volume_preserving: bool = False) -> Tensor:
