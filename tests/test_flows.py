@@ -8,8 +8,8 @@ import zlib
 import pytest
 import torch
 
-from tzkgraph.model.flows import (ActNorm, AffineCoupling, Glow, InvConvLU, Shuffle, Squeeze,
-                            SymLog, VectorFlow)
+from tzkgraph.model.flows import (ActNorm, AffineCoupling, Glow, InvConvLU, Shuffle, SplitPrior,
+                            Squeeze, SymLog, VectorFlow)
 
 from helpers import autocast_round_trip, jacobian_logdet, randomize
 
@@ -29,6 +29,9 @@ CASES = {
     "glow-lu": (lambda: Glow((3, 4, 4), levels=2, steps=2, hidden=8, permutation="lu"), (3, 4, 4)),
     "glow-relu": (lambda: Glow((1, 8, 8), levels=2, steps=2, hidden=8, activation="relu"), (1, 8, 8)),
     "vector-flow-relu": (lambda: VectorFlow(6, steps=2, hidden=16, activation="relu"), (6,)),
+    "glow-fixed-prior": (lambda: Glow((1, 8, 8), levels=2, steps=2, hidden=8, prior="fixed"), (1, 8, 8)),
+    "glow-three-levels": (lambda: Glow((1, 8, 8), levels=3, steps=1, hidden=8, permutation="lu"), (1, 8, 8)),
+    "split-prior-top": (lambda: SplitPrior((2, 2, 2)), (2, 2, 2)),
     "glow-one-level": (lambda: Glow((2, 4, 4), levels=1, steps=3, hidden=8), (2, 4, 4)),
     "vector-flow": (lambda: VectorFlow(6, steps=3, hidden=16), (6,)),
     "vector-flow-lu-symlog": (lambda: VectorFlow(4, steps=2, hidden=16, permutation="lu", symlog=True), (4,)),
@@ -205,3 +208,36 @@ def test_glow_inverts_under_bf16_autocast(permutation):
     assert z.dtype == logdet.dtype == back.dtype == torch.float32
     assert (back - x).abs().max() < 1e-4
     assert torch.allclose(logdet, logdet_ref, rtol=2e-2, atol=0.5)
+
+
+def test_learned_prior_starts_as_the_fixed_one():
+    """Zero-initialised split priors are the identity: at initialisation a Glow with the learned
+    prior maps like the same Glow with N(0, I) over its parts (same seed, same level weights)."""
+    x = torch.rand(4, 1, 16, 16) - 0.5
+    flows = []
+    for prior in ("learned", "fixed"):
+        torch.manual_seed(0)
+        flows.append(Glow((1, 16, 16), levels=3, steps=2, hidden=8, prior=prior))
+    (z1, ld1), (z2, ld2) = (f(x) for f in flows)
+    assert torch.allclose(z1, z2) and torch.allclose(ld1, ld2)
+    assert sum(p.numel() for p in flows[0].priors.parameters()) > 0
+
+
+def test_split_prior_is_a_gaussian_given_the_kept_half():
+    """N(0, I) over the output of a split prior is N(part; μ(h), σ(h)²), computed directly."""
+    torch.manual_seed(1)
+    prior = SplitPrior((2, 4, 4), kept_channels=3).double()
+    randomize(prior, seed=5)
+    part, kept = torch.randn(2, 2, 4, 4, dtype=torch.float64), torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    u, logdet = prior(part, kept)
+    mean, log_std = prior._gaussian(kept)
+    direct = torch.distributions.Normal(mean, log_std.exp()).log_prob(part).flatten(1).sum(1)
+    standard = torch.distributions.Normal(0.0, 1.0).log_prob(u).flatten(1).sum(1)
+    assert torch.allclose(standard + logdet, direct)
+    with pytest.raises(ValueError, match="kept half"):
+        prior(part)
+
+
+def test_glow_rejects_an_unknown_prior():
+    with pytest.raises(ValueError, match="unknown prior 'flat'"):
+        Glow((1, 8, 8), levels=2, steps=1, hidden=8, prior="flat")

@@ -143,6 +143,12 @@ BAD_GRAPHS = {
     "size_not_divisible": ("stages.images.flow.levels", "3 levels need image size divisible by 8, got 30"),
     "size_too_small": ("data.image.size", "expected an integer in 28..64, got 16"),
     "levels_on_vector": ("stages.digits.flow.levels", "levels applies to image observations"),
+    "prior_on_vector": ("stages.digits.flow.prior", "prior applies to image observations"),
+    "bad_prior": ("stages.images.flow.prior", "unknown prior 'flat'"),
+    "huge_code_dim": ("stages.images.knowledge.mnist.code_dim", "1000000000000 would need at least"),
+    "huge_hidden": ("stages.images.nets.hidden", "100000000 would need at least"),
+    "huge_batch": ("train.batch_size", "10000000000 would need at least"),
+    "huge_steps": ("train.phases.0.steps", "is more than can be counted"),
     "channels_two": ("data.image.channels", "expected 1 (gray) or 3 (gray duplicated into RGB), got 2"),
     "code_dim_one": ("stages.digits.knowledge.0..9.code_dim", "expected an integer >= 2, got 1"),
     "label_too_big": ("stages.digits.knowledge.0..10.present.label", "label 10 does not exist"),
@@ -334,10 +340,15 @@ stages:
     assert (spec.stage("digits").flow.steps, spec.stage("digits").flow.hidden) == (1, 4)
 
 
-def test_permutations_match_the_flows():
-    from tzkgraph.model import flows
+def test_vocabularies_match_what_the_model_accepts():
+    from tzkgraph.model import flows, terms
+    from tzkgraph.model.flows.coupling import ACTIVATIONS as MODEL_ACTIVATIONS
+    from tzkgraph.spec import types
 
-    assert set(PERMUTATIONS) == set(flows.PERMUTATIONS)
+    assert set(types.PERMUTATIONS) == set(flows.PERMUTATIONS) and PERMUTATIONS is types.PERMUTATIONS
+    assert set(types.ACTIVATIONS) == set(MODEL_ACTIVATIONS)
+    assert set(types.PRIORS) == set(flows.PRIORS)
+    assert set(types.OBJECTIVES) == set(terms.OBJECTIVES)
 
 
 def test_canonical_json_is_stable_and_sensitive():
@@ -421,3 +432,20 @@ def test_compile_takes_a_bool_or_a_torch_compile_mode():
     assert load_spec("graphs/tiny.yaml", ["train.compile=reduce-overhead"]).train.compile == "reduce-overhead"
     with pytest.raises(ConfigError, match=r"train.compile: unknown compile setting 'fast'.*\(known: false, true, "):
         load_spec("graphs/tiny.yaml", ["train.compile=fast"])
+
+
+def test_sizes_are_charged_what_they_imply():
+    """The shipped graphs fit with room to spare; a size's charge grows with it, and the check
+    names the key whose charge alone exceeds the memory it is given."""
+    from tzkgraph.spec.sizes import check_sizes, size_charges
+
+    spec = load_spec("graphs/mnist_digits.yaml")
+    charges = {key: charge for key, _, charge in size_charges(spec, {})}
+    assert max(charges.values()) < 2**30
+    wider = load_spec("graphs/mnist_digits.yaml", ["stages.images.nets.hidden=128"])
+    assert dict((k, c) for k, _, c in size_charges(wider, {}))["stages.images.nets.hidden"] > \
+        charges["stages.images.nets.hidden"]
+    check_sizes(spec, {}, memory=2**30)
+    with pytest.raises(ConfigError) as caught:
+        check_sizes(spec, {}, memory=2**20)
+    assert caught.value.where in charges and "would need at least" in caught.value.what

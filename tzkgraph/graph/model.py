@@ -25,6 +25,7 @@ def build_stage(spec: GraphSpec, name: str) -> TzKStage:
     return TzKStage(spec.t_shape(name), knowledge, levels=stage.flow.levels or 1,
                     steps=stage.flow.steps, hidden=stage.flow.hidden,
                     permutation=stage.flow.permutation, activation=stage.flow.activation or "swish",
+                    prior=stage.flow.prior or "fixed",
                     net_hidden=stage.nets.hidden,
                     objective=stage.objective, label_weight=stage.label_weight)
 

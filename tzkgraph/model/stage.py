@@ -18,10 +18,11 @@ __all__ = ["Knowledge", "KnowledgeTerms", "StageOutput", "TzKStage", "knowledge_
 
 
 def make_t_flow(t_shape: Sequence[int], levels: int, steps: int, hidden: int,
-                permutation: str = "shuffle", activation: str = "swish") -> Flow:
-    """The t-flow: a multi-scale Glow for images ``(C, H, W)``, a vector flow for ``(D,)``."""
+                permutation: str = "shuffle", activation: str = "swish", prior: str = "learned") -> Flow:
+    """The t-flow: a multi-scale Glow for images ``(C, H, W)`` (with ``prior``), a vector flow
+    for ``(D,)``."""
     if len(t_shape) == 3:
-        return Glow(t_shape, levels, steps, hidden, permutation, activation=activation)
+        return Glow(t_shape, levels, steps, hidden, permutation, activation=activation, prior=prior)
     return VectorFlow(t_shape[0], steps, hidden, permutation, activation=activation)
 
 
@@ -105,15 +106,16 @@ class TzKStage(nn.Module):
         knowledge: knowledge name → code dimension, or → a dict of
             :class:`Knowledge` keyword arguments (``code_dim`` and any of
             ``code_steps``, ``code_hidden``, ``permutation``).
-        levels, steps, hidden, permutation, activation: the t-flow (``levels`` only for
-            images; ``activation`` of its coupling nets, ``"swish"`` or ``"relu"``).
+        levels, steps, hidden, permutation, activation, prior: the t-flow (``levels`` and
+            ``prior`` only for images, see :class:`~tzkgraph.model.flows.Glow`; ``activation``
+            of its coupling nets, ``"swish"`` or ``"relu"``).
         net_hidden: width of every knowledge type's networks.
         code_steps, code_hidden: default code-flow size.
         objective: ``"marginal"`` (default) or ``"paper"``: Eq. 10 on the completed data, the
             code imputed per batch from the encoder or the code prior; ``"marginal"``: the codes
             integrated out — the bound on ``½ log p_enc(t, e) + ½ log p_dec(t, e)`` whose decoder half is
             an evidence lower bound with ``p(c | e, t)`` as inference distribution (see
-            :mod:`tzkgraph.model.terms` and the README, "What is optimised").
+            :mod:`tzkgraph.model.terms` and docs/objective.md).
         label_weight: ``α ≥ 0``, objective "marginal": the objective adds ``α·Σ log p(e_i | t)``
             over the observed ``e_i`` to the bound (the semi-supervised VAE's labelled term);
             ``metrics["bound"]`` stays the bound alone.
@@ -129,7 +131,7 @@ class TzKStage(nn.Module):
 
     def __init__(self, t_shape: Sequence[int], knowledge: Mapping[str, int | Mapping], *,
                  levels: int = 3, steps: int = 4, hidden: int = 64, permutation: str = "shuffle",
-                 activation: str = "swish", net_hidden: int = 64, code_steps: int = 4, code_hidden: int = 64,
+                 activation: str = "swish", prior: str = "learned", net_hidden: int = 64, code_steps: int = 4, code_hidden: int = 64,
                  stacked: bool = True, objective: Objective = "marginal",
                  label_weight: float = 0.0):
         super().__init__()
@@ -140,7 +142,7 @@ class TzKStage(nn.Module):
         self.objective = objective
         self.stacked = stacked
         self._structure: dict[str, tuple] = {}  # knowledge name -> (signature, its ActNorms)
-        self.t_flow = make_t_flow(self.t_shape, levels, steps, hidden, permutation, activation)
+        self.t_flow = make_t_flow(self.t_shape, levels, steps, hidden, permutation, activation, prior)
         self.z_dim = self.t_flow.dim
         self._defaults = dict(hidden=net_hidden, code_steps=code_steps, code_hidden=code_hidden,
                               permutation=permutation)

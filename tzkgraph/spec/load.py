@@ -15,7 +15,8 @@ from tzkgraph.core.fields import (check_keys, read_bool, read_choice, read_float
 from tzkgraph.core.errors import ConfigError
 from tzkgraph.spec.overrides import apply_overrides
 from tzkgraph.spec.present import DATASET_CLASSES, PresentRule, read_present
-from tzkgraph.spec.types import (COMPILE_MODES, DATA, FLOW_PART, LR_DECAYS, CodeFlowSpec, DataSpec, FlowSpec, GraphSpec,
+from tzkgraph.spec.sizes import check_sizes
+from tzkgraph.spec.types import (ACTIVATIONS, OBJECTIVES, PERMUTATIONS, PRIORS, COMPILE_MODES, DATA, FLOW_PART, LR_DECAYS, CodeFlowSpec, DataSpec, FlowSpec, GraphSpec,
                                  ImageSpec, KnowledgeSpec, NetsSpec, PhaseSpec, SourceSpec,
                                  StageSpec, TrainSpec, canonical_json, spec_hash)
 
@@ -29,12 +30,10 @@ TOP_KEYS = ("name", "seed", "data", "stages", "train")
 DATA_KEYS = ("root", "sources", "image", "dequant_seed", "limit", "labelled")
 STAGE_KEYS = ("observe", "flow", "code_flow", "nets", "knowledge", "objective", "label_weight")
 KNOWLEDGE_KEYS = ("code_dim", "present", "code_flow", "group")
-FLOW_KEYS = ("levels", "steps", "hidden", "permutation", "activation")
-ACTIVATIONS = ("swish", "relu")    # the keys of tzkgraph.model.flows.coupling.ACTIVATIONS
+FLOW_KEYS = ("levels", "steps", "hidden", "permutation", "activation", "prior")
 CODE_FLOW_KEYS = ("steps", "hidden", "permutation", "volume_preserving")
 TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainSpec))
 PHASE_KEYS = ("name", "steps", "trains", "freeze")
-PERMUTATIONS = ("shuffle", "lu")   # the keys of tzkgraph.model.flows.PERMUTATIONS
 
 _GRAPH_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")      # it names the run directory
 _KNOWLEDGE_RE = re.compile(r"[A-Za-z0-9_]+")
@@ -147,7 +146,9 @@ def parse_spec(data: Any, source: str = "<dict>") -> GraphSpec:
     _check_graph(spec, places)
     train = _read_train(data.get("train"), spec)
     _check_priors(spec)
-    return dataclasses.replace(spec, train=train)
+    spec = dataclasses.replace(spec, train=train)
+    check_sizes(spec, places)
+    return spec
 
 
 def _check_priors(spec: GraphSpec) -> None:
@@ -209,21 +210,25 @@ def _read_stage(name: Any, value: Any, data: DataSpec | None,
 
     flow_raw = read_mapping(raw.get("flow"), f"{where}.flow", FLOW_KEYS)
     default = FlowSpec()
-    levels = None
+    levels = prior = None
     if is_root:
+        prior = read_choice(flow_raw.get("prior", "learned"), f"{where}.flow.prior", PRIORS, "prior")
         levels = read_int(flow_raw.get("levels", 3), f"{where}.flow.levels", 1)
         size = data.image.size
         if size % 2**levels:
             raise ConfigError(f"{where}.flow.levels", f"{levels} levels need image size divisible "
                                                       f"by {2**levels}, got {size} (data.image.size)")
-    elif flow_raw.get("levels") is not None:
-        raise ConfigError(f"{where}.flow.levels", f"levels applies to image observations; stage "
-                          f"{name!r} observes codes ({', '.join(observe)}), a vector")
+    else:
+        for key in ("levels", "prior"):
+            if flow_raw.get(key) is not None:
+                raise ConfigError(f"{where}.flow.{key}", f"{key} applies to image observations; stage "
+                                  f"{name!r} observes codes ({', '.join(observe)}), a vector")
     flow = FlowSpec(read_int(flow_raw.get("steps", default.steps), f"{where}.flow.steps", 1),
                     read_int(flow_raw.get("hidden", default.hidden), f"{where}.flow.hidden", 1),
                     read_choice(flow_raw.get("permutation", default.permutation),
                                 f"{where}.flow.permutation", PERMUTATIONS, "permutation"),
-                    levels, _read_activation(flow_raw.get("activation"), f"{where}.flow.activation"))
+                    levels, _read_activation(flow_raw.get("activation"), f"{where}.flow.activation"),
+                    prior)
     code_flow = _read_code_flow(raw.get("code_flow"), f"{where}.code_flow", CodeFlowSpec())
     nets_raw = read_mapping(raw.get("nets"), f"{where}.nets", ("hidden",))
     nets = NetsSpec(read_int(nets_raw.get("hidden", NetsSpec().hidden), f"{where}.nets.hidden", 1))
@@ -237,7 +242,7 @@ def _read_stage(name: Any, value: Any, data: DataSpec | None,
     for k in knowledge:
         if k.name in groups:
             raise ConfigError(places[k.name], f"knowledge {k.name!r} has the name of a group")
-    objective = read_choice(raw.get("objective", "marginal"), f"{where}.objective", ("marginal", "paper"), "objective")
+    objective = read_choice(raw.get("objective", "marginal"), f"{where}.objective", OBJECTIVES, "objective")
     label_weight = read_float(raw.get("label_weight", 0.0), f"{where}.label_weight", ge=0.0)
     if label_weight and objective != "marginal":
         raise ConfigError(f"{where}.label_weight", "applies to objective: marginal (its labelled term "

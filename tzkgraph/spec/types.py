@@ -13,12 +13,17 @@ import networkx as nx
 from tzkgraph.spec.present import DATASET_CLASSES, PresentRule
 
 __all__ = [
-    "DATA", "FLOW_PART", "CodeFlowSpec", "DataSpec", "FlowSpec", "GraphSpec", "ImageSpec",
+    "ACTIVATIONS", "DATA", "FLOW_PART", "LR_DECAYS", "OBJECTIVES", "PERMUTATIONS", "PRIORS", "CodeFlowSpec", "DataSpec", "FlowSpec", "GraphSpec", "ImageSpec",
     "KnowledgeSpec", "NetsSpec", "PhaseSpec", "SourceSpec", "StageSpec", "TrainSpec",
     "canonical_json", "spec_hash",
 ]
 
-LR_DECAYS = ("none", "cosine")
+# The vocabularies of the YAML, each checked against what the model accepts (tests/test_spec.py).
+LR_DECAYS = ("none", "cosine")      # train.lr_decay
+PERMUTATIONS = ("shuffle", "lu")    # flow.permutation: tzkgraph.model.flows.PERMUTATIONS
+ACTIVATIONS = ("swish", "relu")     # flow.activation: tzkgraph.model.flows.coupling.ACTIVATIONS
+PRIORS = ("learned", "fixed")       # flow.prior (image stages): tzkgraph.model.flows.PRIORS
+OBJECTIVES = ("marginal", "paper")  # stages.NAME.objective: tzkgraph.model.terms.OBJECTIVES
 COMPILE_MODES = (False, True, "default", "reduce-overhead", "max-autotune",
                  "max-autotune-no-cudagraphs")  # train.compile: off, on, or torch.compile's mode
 DATA = "data"        # `observe: data`: a root stage observes images
@@ -90,6 +95,8 @@ class FlowSpec:
     permutation: str = "shuffle"   # "shuffle" (fixed, the paper's) | "lu" (invertible 1×1 conv)
     levels: int | None = None      # image stages: scales (3 when not given); None on vector stages
     activation: str | None = None  # coupling nets: None = "swish" (the paper's) | "relu" (cheaper)
+    prior: str | None = None       # image stages: "learned" (Glow's split priors, the default) |
+                                   # "fixed" (N(0, I) over the parts, the paper's); None on vectors
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -102,7 +109,7 @@ class CodeFlowSpec:
     steps: int = 4
     hidden: int = 64
     permutation: str = "shuffle"   # "shuffle" | "lu"
-    volume_preserving: bool = True  # log|det f_c| = 0, so a code space cannot collapse (README)
+    volume_preserving: bool = True  # log|det f_c| = 0, so a code space cannot collapse (docs/objective.md)
 
 
 @dataclass(frozen=True)
