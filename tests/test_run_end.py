@@ -47,6 +47,16 @@ def test_finished_and_stopped_runs_say_so(tmp_path):
     assert status["state"] == "finished" and status["step"] == 50 and status["phase"] == "conditional"
 
 
+def test_a_resume_with_a_phase_shortened_below_its_step_moves_on(tmp_path):
+    """Stopped at step 12 of a 20-step phase, resumed with that phase cut to 10 steps: the phase
+    counts as done and the run goes on to the next (it used to loop forever)."""
+    run(tiny(tmp_path), stop_after=12, progress=False, say=lambda _: None)
+    said = []
+    result = run(tiny(tmp_path, "train.phases.0.steps=10"), resume=True, progress=False, say=said.append)
+    assert result.finished and _status(tmp_path)["state"] == "finished"
+    assert any("12 of its 10 steps done already" in line for line in said)
+
+
 def test_a_failed_run_leaves_its_reason(tmp_path):
     with pytest.raises(TzkError, match="NaN/Inf"):
         run(tiny(tmp_path, "train.lr=1e8", "train.warmup=0", "train.log_every=1"),

@@ -77,6 +77,26 @@ def test_resume_continues_exactly(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)  # same steps, optimizer and RNG state
 
 
+def test_metric_lines_show_the_image_stage_in_bits_per_dim(tmp_path):
+    import json
+    import math
+
+    from tzkgraph.model.density import bits_per_dim
+
+    spec = tiny(tmp_path, "train.phases.0.steps=10", "train.phases.1.steps=5")
+    result = run(spec, progress=False, say=lambda _: None)
+    lines = [json.loads(l) for l in (tmp_path / "runs" / "tiny" / "metrics.jsonl").read_text().splitlines()]
+    lines = [line for line in lines if "loss" in line]  # (not the weight average's lines)
+    assert lines and {line["phase"] for line in lines} == {"pretrain", "conditional"}
+    dims = math.prod(spec.t_shape("images"))  # 1×32×32
+    for line in lines:
+        assert 0 < line["images/bpd"] < 16
+        assert line["images/bpd"] == bits_per_dim(line["images/bound"], dims, spec.data.image.bits)
+        assert "digits/bpd" not in line  # the digit stage observes codes, not images
+    assert [line["images/bpd"] for line in result.history if "loss" in line] == \
+        [line["images/bpd"] for line in lines]
+
+
 def test_added_knowledge_trains_alone_and_keeps_old_weights(tmp_path):
     run(tiny(tmp_path), progress=False, say=lambda _: None)
     before = _weights(tmp_path)

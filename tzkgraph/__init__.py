@@ -21,7 +21,7 @@ _API = {
     "run": "tzkgraph.training.train",
     "evaluate": "tzkgraph.use.evaluate:evaluate_run",
     "sample": "tzkgraph.use.sampling:sample_path",
-    "load_trained": "tzkgraph.use.evaluate",
+    "load_trained": "tzkgraph.graph.rundir",
 }
 __all__ = list(_API)
 

@@ -13,7 +13,6 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from tzkgraph.core.checkpoint import load_checkpoint
 from tzkgraph.core.files import atomic_write
 from tzkgraph.core.runtime import pick_device, seeded
 from tzkgraph.data.dataset import GraphData, load_graph_data
@@ -22,39 +21,11 @@ from tzkgraph.model.density import bits_per_dim, gaussian_log_prob
 from tzkgraph.core.errors import TzkError
 from tzkgraph.model.estimates import decoder_log_density, decoder_log_odds
 from tzkgraph.graph.model import TzKGraph
+from tzkgraph.graph.rundir import load_trained, run_directory  # (re-exported: imported from here)
 from tzkgraph.spec.types import GraphSpec, StageSpec
 
 __all__ = ["run_directory", "load_trained", "measured_on", "evaluate", "evaluate_run",
            "format_report", "write_report", "read_report"]
-
-
-def run_directory(spec: GraphSpec) -> Path:
-    """Where ``tzkgraph run`` keeps the graph's checkpoint, metrics and results: ``out_dir/name``."""
-    return Path(spec.train.out_dir) / spec.name
-
-
-def load_trained(spec: GraphSpec, device: torch.device | str = "cpu") -> tuple[TzKGraph, dict[str, Any]]:
-    """The graph's trained model (in eval mode, on ``device``) and its checkpoint.
-
-    Raises:
-        TzkError: there is no checkpoint yet, it cannot be read, or it holds
-            another graph (a part of ``spec`` it has no weights for).
-    """
-    path = run_directory(spec) / "checkpoint.pt"
-    if not path.is_file():
-        raise TzkError(f"{path}: no checkpoint; train the graph first with `tzkgraph run {spec.source}`")
-    state = load_checkpoint(path)
-    model = TzKGraph(spec)
-    own = model.state_dict()
-    missing = [k for k in own if k not in state["model"]]
-    wrong = [k for k in own if k in state["model"] and state["model"][k].shape != own[k].shape]
-    if missing or wrong:
-        part = model.part_of((missing or wrong)[0])
-        what = "has no weights for" if missing else "has other shapes for"
-        raise TzkError(f"{path} {what} {part} of {spec.source}: "
-                       f"train it with `tzkgraph run {spec.source}` first")
-    model.load_state_dict({k: state["model"][k] for k in own})
-    return model.to(device).eval(), state
 
 
 def measured_on(spec: GraphSpec, stage: str) -> str:
