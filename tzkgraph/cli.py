@@ -76,7 +76,8 @@ def _use_commands(commands: argparse._SubParsersAction) -> None:
 
     p = commands.add_parser("graph", help="draw the knowledge graph (.svg, .png, .dot)",
                             description="Draw the graph's stages, knowledge types, code edges and phases; "
-                                        "with an eval report in the run directory, also its figures.")
+                                        "with an eval report in the run directory, also its figures, and "
+                                        "with tools/judge.py's judge.json the sample accuracy.")
     _graph_arguments(p)
     p.add_argument("-o", "--output", required=True, help="graph.svg, graph.png or graph.dot")
     p.set_defaults(func=_graph)
@@ -163,10 +164,10 @@ def _sample(args: argparse.Namespace) -> int:
 def _graph(args: argparse.Namespace) -> int:
     from tzkgraph.use.evaluate import read_report
     from tzkgraph.spec.load import load_spec
-    from tzkgraph.use.viz import write_graph
+    from tzkgraph.use.viz import read_judge, write_graph
 
     spec = load_spec(args.graph, args.overrides)
-    print(write_graph(spec, args.output, read_report(spec)))
+    print(write_graph(spec, args.output, read_report(spec), read_judge(spec)))
     return 0
 
 
