@@ -13,8 +13,10 @@ tzkgraph's default, the paper's swish, which costs an ``exp`` per hidden activat
 and backward (about a quarter of a CPU training step). What cannot be matched:
 
 - base density: normflows learns a diagonal Gaussian per level (``2·D`` more parameters);
-  tzkgraph's is a fixed ``N(0, I)`` over one flat ``z``. Neither has Glow's learned
-  split priors (a Gaussian conditioned on the kept half), nor ActNorm inside the nets;
+  tzkgraph's default (``prior="learned"``) has Glow's split priors as well (a Gaussian per
+  factored-out part given the kept half, by a 3×3 convolution, plus a learned per-dimension
+  mean and scale); ``--prior fixed`` gives the ``N(0, I)`` of the TzK paper. Neither has
+  ActNorm inside the nets;
 - normflows' 1×1 convolution inverts ``L`` and ``U`` in float64 on every sampling call,
   tzkgraph inverts ``W`` in float32; which half is factored out, the shift's sign and the
   channel order of the nets' (shift, scale) output differ, at no cost either way.
@@ -69,6 +71,7 @@ IMPLEMENTATIONS = ("tzkgraph-lu-relu", "tzkgraph-lu", "tzkgraph-shuffle", "normf
 # before/after comparisons.
 EXTRA = ("tzkgraph-shuffle-relu", "tzkgraph-lu-nchw")
 IN_SHAPE = (1, 32, 32)
+PRIOR = "learned"  # tzkgraph's Glow prior (--prior)
 
 
 def _import_normflows():
@@ -110,7 +113,8 @@ def build(name: str, levels: int, steps: int, hidden: int) -> torch.nn.Module:
     if name == "normflows":
         return build_normflows(levels, steps, hidden)
     activation = "relu" if name.endswith("-relu") else "swish"
-    model = Glow(IN_SHAPE, levels, steps, hidden, permutation=name.split("-")[1], activation=activation)
+    model = Glow(IN_SHAPE, levels, steps, hidden, permutation=name.split("-")[1], activation=activation,
+                 prior=PRIOR)
     if name.endswith("-nchw"):
         for module in model.modules():
             if isinstance(module, ConvNet):  # this instance only: the plain Sequential forward
@@ -254,7 +258,8 @@ def measure_memory(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """Runs :func:`_probe_memory` in a fresh subprocess per implementation and workload."""
     out: dict[str, dict[str, float]] = {name: {} for name in args.impl}
     common = ["--levels", str(args.levels), "--steps", str(args.steps), "--hidden", str(args.hidden),
-              "--batch", str(args.batch), "--device", args.device, "--mem-steps", str(args.mem_steps)]
+              "--batch", str(args.batch), "--device", args.device, "--mem-steps", str(args.mem_steps),
+              "--prior", args.prior]
     if args.threads:
         common += ["--threads", str(args.threads)]
     for kind in ("train", "sample"):
@@ -334,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"implementations to compare (default: {' '.join(IMPLEMENTATIONS)})")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
+    p.add_argument("--prior", default="learned", choices=("learned", "fixed"),
+                   help="tzkgraph's Glow prior (default learned; fixed: N(0, I), before)")
     p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the memory probes")
     p.add_argument("--probe", nargs=2, metavar=("IMPL", "KIND"), help=argparse.SUPPRESS)
     return p
@@ -341,6 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    global PRIOR
+    PRIOR = args.prior
     if "normflows" in args.impl or (args.probe and args.probe[0] == "normflows"):
         _import_normflows()
     if args.threads:
