@@ -62,10 +62,10 @@ def _by_hand(stage: TzKStage, t, e, noise, weight=None, child_of: str | None = N
     enc, dec, draw = [], [], None
     for i, name in enumerate(stage.names):
         kn = stage.knowledge[name]
-        logit_t = kn.encoder_logit(t)
+        logit_t = kn.encoder_logit(z)  # a stage observing vectors: its encoders read z = f_t(t)
         bound = []
         for v, sign in ((0, -1.0), (1, 1.0)):
-            mean, log_std = kn.posterior(t, v)
+            mean, log_std = kn.posterior(z, v)
             c = kn.code_flow.inverse(mean + log_std.exp() * noise[i])
             mu, ls = kn.decoder[v](c)
             log_p = gaussian_log_prob(z, mu, ls) + logdet + F.logsigmoid(sign * kn.decoder_logit(c))
@@ -128,23 +128,25 @@ def _rescale_reader(module: torch.nn.Module, alpha: float) -> None:
 
 
 @pytest.mark.parametrize("alpha", [0.01, 30.0])
-def test_rescaling_the_parents_code_changes_nothing(alpha):
-    """``c → α·c``, every reader compensating: the parent's entropy gains ``C·log α``, the
-    child's density loses it, and the joint objective is unchanged (with ``KL(q ‖ p(c))``
-    to a fixed prior instead, shrinking codes would pay)."""
-    parent, child = _pair()
+@pytest.mark.parametrize("label_weight", [0.0, 3.0])
+def test_rescaling_the_parents_code_changes_nothing(alpha, label_weight):
+    """``c → α·c``, the parent's code readers and the child's flow compensating: the parent's
+    entropy gains ``C·log α``, the child's density loses it, and the joint objective is
+    unchanged (with ``KL(q ‖ p(c))`` to a fixed prior instead, shrinking codes would pay).
+    The child's encoders read its flow's latent, which its flow keeps: they need no
+    compensation, so a labelled term on them cannot gain from inflating the code."""
+    parent, child = _pair(label_weight)
     t, e_p, e_c = _batch()
     before = _joint(parent, child, t, e_p, e_c)
+    seen_before = child.discriminate(before[0].codes["a"])
     kn = parent.knowledge["a"]
     _rescale_reader(kn.code_flow, alpha)  # f_c'(c') = f_c(c' / α): c' = α·c, logdet − C·log α
     for reader in (kn.decoder_discriminator, kn.decoder[0], kn.decoder[1], child.t_flow):
         _rescale_reader(reader, alpha)
-    for name in child.names:
-        for reader in (child.knowledge[name].encoder_discriminator, *child.knowledge[name].encoder_posterior):
-            _rescale_reader(reader, alpha)
     after = _joint(parent, child, t, e_p, e_c)
     torch.testing.assert_close(after[0].codes["a"], alpha * before[0].codes["a"])
     torch.testing.assert_close(after[2], before[2])
+    torch.testing.assert_close(child.discriminate(after[0].codes["a"]), seen_before)
     assert not torch.allclose(after[1].loss, before[1].loss)  # the child alone does change
 
 
@@ -172,3 +174,38 @@ def test_a_guided_code_is_drawn_from_p_c_given_e():
     assert abs(float((plain[:, 0] > 0).float().mean()) - 0.5) < 0.05
     assert float((guided[:, 0] > 0).float().mean()) > 0.9
     assert float((against[:, 0] < 0).float().mean()) > 0.9
+
+
+def _controlled_stage(discriminator, decoder_shift: float):
+    """A vector stage whose parts the test sets: ``p(e=1 | t)`` = ``discriminator(t)``,
+    ``p(e | c) = ½``, and a decoder that puts ``t₀`` at ``±decoder_shift`` for ``e = 1 / 0``."""
+    torch.manual_seed(0)
+    stage = TzKStage((2,), {"a": 2}, steps=1, hidden=8, net_hidden=8).eval()
+    stage.discriminate = lambda t: discriminator(t).unsqueeze(1)
+    stage.knowledge["a"].decoder_logit = lambda c: torch.zeros(c.shape[0])
+
+    def decode(name, c, temperature=1.0, e=1):
+        t = temperature * torch.randn(c.shape[0], 2)
+        t[:, 0] += decoder_shift * (2 * e - 1)
+        return t
+
+    stage.decode = decode
+    return stage
+
+
+def test_sampling_given_knowledge_draws_from_the_trained_mixture():
+    """``M(t | e) ∝ ½ p(t) p(e | t) + ½ p_a(t, e)`` (one knowledge type): a discriminator that
+    reads the sign of ``t₀`` gives the encoder's half of the samples that sign, while the
+    decoder's half (centred, ``p(e | c) = ½``) keeps either: ¾ of them have it. A decoder
+    placed at ``t₀ = ±3`` takes its half, in the share its weight gives it."""
+    sharp = _controlled_stage(lambda t: torch.sigmoid(50 * t[:, 0]), decoder_shift=0.0)
+    for e, sign in ((1, 1.0), (0, -1.0)):
+        t = sharp.sample_given({"a": e}, 4000, candidates=64)
+        assert 0.72 < float((sign * t[:, 0] > 0).float().mean()) < 0.78
+        assert abs(float(t[:, 1].mean())) < 0.1
+    blind = _controlled_stage(lambda t: torch.full((t.shape[0],), 0.5), decoder_shift=3.0)
+    t = blind.sample_given({"a": 1}, 4000, candidates=8)
+    share = float((t[:, 0] > 1.5).float().mean())  # the decoder's half: p_enc(e=1) = p_dec(e=1) = ½
+    assert 0.45 < share < 0.55, share
+    t = blind.sample_given({}, 4000, candidates=8)  # e summed out: the decoder draws e ~ p(e | c)
+    assert 0.2 < float((t[:, 0] > 1.5).float().mean()) < 0.3

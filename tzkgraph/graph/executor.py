@@ -114,7 +114,7 @@ class GraphExecutor:
         emitted = self.plan.emit[name]
 
         def compute(index: Tensor) -> dict[str, Tensor]:
-            t = self.data.observations(index.to(self.data.images.device), fixed=True)
+            t = stage.reads(self.data.observations(index.to(self.data.images.device), fixed=True))
             out = {}
             for k in emitted:
                 out[f"{k}.mean"], out[f"{k}.log_std"] = stage.knowledge[k].posterior(t, 1)

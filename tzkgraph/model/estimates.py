@@ -49,7 +49,7 @@ def decoder_log_density(stage: TzKStage, name: str, t: Tensor, z: Tensor, logdet
     (with ``code_prior``, the proposal's density is taken in c-space).
     """
     kn = stage.knowledge[name]
-    mean, log_std = kn.encoder_posterior[e](t) if posterior is None else posterior  # (B, C)
+    mean, log_std = kn.encoder_posterior[e](stage.reads(t)) if posterior is None else posterior  # (B, C)
     batch, dim = mean.shape
     u = mean + log_std.exp() * torch.randn(samples, batch, dim, device=mean.device, dtype=mean.dtype)
     log_w = gaussian_log_prob(u, event_dims=1) - gaussian_log_prob(u, mean, log_std, event_dims=1)  # (S, B)

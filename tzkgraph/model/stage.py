@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Collection, Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tzkgraph.model.density import gaussian_log_prob
@@ -189,6 +191,20 @@ class TzKStage(nn.Module):
         """``(z, logdet)`` of the t-flow: ``(B, D)``, ``(B,)``."""
         return self.t_flow(t)
 
+    def reads(self, t: Tensor, z: Tensor | None = None) -> Tensor:
+        """What the encoder networks ``p(e | t)``, ``p(c | e, t)`` read: an image itself; on a stage
+        observing codes, the t-flow's latent ``z = f_t(t)`` (given, or computed).
+
+        A parent's code has no scale of its own: rescaling it changes no bound (the child's flow
+        absorbs it, docs/objective.md), so a discriminator reading the code itself gains from
+        inflating it, and under a labelled term the codes grew without end (code std 1 → 21 in
+        550 steps of mnist_digits). Read through the child's own flow, whose prior pins ``z`` to
+        unit scale, a code's separation is paid for in the child's density.
+        """
+        if len(self.t_shape) == 3:
+            return t
+        return z if z is not None else self.t_flow(t)[0]
+
     def log_prob(self, t: Tensor, z: Tensor | None = None, logdet: Tensor | None = None) -> Tensor:
         """``log p(t)`` under the prior, ``(B,)`` nats."""
         if z is None:
@@ -197,7 +213,7 @@ class TzKStage(nn.Module):
 
     def encode(self, name: str, t: Tensor, e: int = 1, temperature: float = 1.0) -> Tensor:
         """Draws ``c ~ p(c | e, t)`` (reparameterised), ``(B, C)``."""
-        return self.draw_code(name, *self.knowledge[name].encoder_posterior[e](t), temperature)
+        return self.draw_code(name, *self.knowledge[name].encoder_posterior[e](self.reads(t)), temperature)
 
     def draw_code(self, name: str, mean: Tensor, log_std: Tensor, temperature: float = 1.0) -> Tensor:
         """``f_c⁻¹(μ + temperature·σ·ε)``, ``ε ~ N(0, I)``."""
@@ -213,6 +229,8 @@ class TzKStage(nn.Module):
         and ``logit`` may come from a cache instead of ``t``.
         """
         kn = self.knowledge[name]
+        if posterior is None or logit is None:
+            t = self.reads(t)
         mean, log_std = posterior if posterior is not None else kn.posterior(t, 1)
         logit = logit if logit is not None else kn.encoder_logit(t)
         return self.draw_code(name, mean, log_std), torch.where(observed, e.to(logit.dtype), torch.sigmoid(logit))
@@ -229,6 +247,7 @@ class TzKStage(nn.Module):
         """``p(e_i = 1 | t)`` for every knowledge type, ``(B, K)`` (float32 or wider)."""
         if not self.names:
             return t.new_zeros(t.shape[0], 0)
+        t = self.reads(t)
         logits = {}
         for group in self.groups(self.names):
             stacked = self._stack(group)
@@ -275,6 +294,64 @@ class TzKStage(nn.Module):
             z = temperature * torch.randn(n, self.z_dim, device=self._device(), dtype=self._dtype())
             return self.t_flow.inverse(z)
         return self.decode(knowledge, self.sample_code(knowledge, n, temperature, guide), temperature)
+
+    @torch.no_grad()
+    def sample_given(self, known: Mapping[str, int], n: int, temperature: float = 1.0,
+                     candidates: int = 64) -> Tensor:
+        """Draws ``t`` from the stage's model given some of its ``e``: ``M(t | ē)``, ``(n, *t_shape)``.
+
+        The stage's bound ``½ log p_enc + ½ log p_dec`` bounds ``log M`` for the mixture
+        ``M = ½ p_enc + ½ p_dec`` of its two normalised models (docs/objective.md), so ``M`` is
+        what was trained, and what a parent whose code this stage observes has as that code's
+        prior. Its components: the encoder model ``p(t) Π_i p(e_i | t)`` (weight ½) and, per
+        knowledge type ``j``, the decoder model ``p_j(t, e_j) Π_{i≠j} p(e_i | t)`` (weight
+        ``1/(2K)``); an ``e_i`` not in ``known`` is summed out. Each component proposes
+        ``candidates`` draws per sample from its generative part (``t ~ p(t)``; or ``c ~ p(c)``,
+        ``t ~ p(t | e_j, c)``) weighted by the rest (``p(e_j | c)`` and the discriminators'
+        factors); one is kept per component in proportion to its weight, and a component is
+        chosen in proportion to its weight times its mean importance weight (its share of
+        ``M(ē)``). Exact as ``candidates → ∞``. ``temperature`` scales every proposal's base.
+        """
+        m = max(int(candidates), 1)
+        k = len(self.names)
+        picks, log_shares = [], []
+
+        def keep(t: Tensor, log_w: Tensor, log_weight: float) -> None:
+            log_w = log_w.view(n, m).float()
+            pick = torch.multinomial(torch.softmax(log_w, dim=1), 1).squeeze(1)
+            picks.append(t.view(n, m, *t.shape[1:])[torch.arange(n, device=t.device), pick])
+            log_shares.append(log_weight + torch.logsumexp(log_w, dim=1) - math.log(m))
+
+        def others(t: Tensor, but: str | None) -> Tensor:
+            """``Σ log p(e_i | t)`` over the known ``e_i``, ``i ≠ but``."""
+            if not known:
+                return t.new_zeros(t.shape[0])
+            probs = self.discriminate(t).clamp(1e-12, 1 - 1e-12)
+            out = torch.zeros(t.shape[0], device=t.device, dtype=probs.dtype)
+            for name, value in known.items():
+                if name != but:
+                    p = probs[:, self.names.index(name)]
+                    out = out + (p if value else 1 - p).log()
+            return out
+
+        t = self.sample(n * m, None, temperature)
+        keep(t, others(t, None), math.log(0.5) if k else 0.0)
+        for name in self.names:
+            kn = self.knowledge[name]
+            c = self.sample_code(name, n * m, temperature)
+            logit = kn.decoder_logit(c)
+            if name in known:
+                e = torch.full_like(logit, float(known[name]))
+                log_w = F.logsigmoid((2 * e - 1) * logit)
+            else:  # e_j summed out: drawn from p(e_j | c)
+                e = (torch.rand_like(logit) < torch.sigmoid(logit)).to(logit.dtype)
+                log_w = torch.zeros_like(logit)
+            draws = [self.decode(name, c, temperature, e=v) for v in (0, 1)]
+            pick = e.view(-1, *[1] * (draws[0].dim() - 1)).bool()
+            t = torch.where(pick, draws[1], draws[0])
+            keep(t, log_w + others(t, name), math.log(0.5 / k))
+        component = torch.multinomial(torch.softmax(torch.stack(log_shares, 1), dim=1), 1).squeeze(1)
+        return torch.stack(picks, 1)[torch.arange(n, device=component.device), component]
 
     def _device(self) -> torch.device:
         return next(self.parameters()).device
@@ -354,7 +431,7 @@ class TzKStage(nn.Module):
             rows = [columns[name] for name in group]
             e_g, known_g = e[rows], known[rows]  # (K_g, B)
             has_child = [name in emit_codes for name in group]
-            terms = self._group_terms(group, t, z, logdet, e_g, known_g, mode, has_child)
+            terms = self._group_terms(group, self.reads(t, z), z, logdet, e_g, known_g, mode, has_child)
             log_p_enc = log_p_enc + terms.enc.sum(0)
             log_p_knowledge = log_p_knowledge + terms.dec.sum(0)
             with torch.no_grad():

@@ -143,7 +143,8 @@ class _Pass:
                 right = _group_right(probs[:, cols], e[:, cols], group in exclusive, 0.5)
                 self.sums[name][f"group {group}/marginal_correct"] += float(right.sum())
             for k in wanted:
-                code = stage.draw_code(k, *stage.knowledge[k].posterior(flat, 1)).view(n_draws, len(rows), -1)
+                code = stage.draw_code(k, *stage.knowledge[k].posterior(stage.reads(flat), 1)) \
+                    .view(n_draws, len(rows), -1)
                 full = code.new_zeros(n_draws, len(index), code.shape[-1])
                 full[:, rows] = code
                 draws[name][k] = full
@@ -172,7 +173,7 @@ class _Pass:
         odds = {}  # the decoder classifier's log p_dec(t, e=1) − log p_dec(t, e=0), (n,)
         for i, k in enumerate(stage.names):
             kn, present = stage.knowledge[k], e[:, i]
-            posterior = [kn.encoder_posterior[v](t) for v in (0, 1)]  # once: the nets may be convolutional
+            posterior = [kn.encoder_posterior[v](stage.reads(t, z)) for v in (0, 1)]  # once: conv nets
             if (name, k) in self.observed_refs:
                 self.posteriors[name, k] = (mask, posterior[1])  # for _marginal
             c = stage.draw_code(k, *posterior[1])  # c ~ p(c | e=1, t) (Appendix C)
