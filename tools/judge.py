@@ -34,7 +34,8 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("-n", type=int, default=100, help="samples per digit (default: 100)")
     parser.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 0.7, 0.0])
-    parser.add_argument("--guide", type=int, nargs="+", default=[0], help="M of sample --guide (0: off)")
+    parser.add_argument("--guide", type=int, nargs="+", default=[64],
+                        help="M of sample --guide (default 64, as sample; 0: the decoder alone)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     spec = load_spec(args.graph, args.overrides)
@@ -64,7 +65,7 @@ def main() -> None:
     for path in child_paths(spec, paths):
         for temperature in args.temperatures:
             with seeded(args.seed):
-                acc = child_link(model, spec, path, args.n, temperature)
+                acc = child_link(model, spec, path, args.n, temperature, max(args.guide))
             report["child"].setdefault(path.name, {})[f"T={temperature:g}"] = acc
             print(f"  {path.name}'s samples read back by its encoder at T={temperature:g}: {acc:.3f}")
     out = run_directory(spec) / "judge.json"

@@ -68,8 +68,9 @@ def _use_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", default="0.7", metavar="T",
                    help="scales every Gaussian base: one for all (default: 0.7) or per stage, "
                         "e.g. images=0.8,digits=1.0 (stages left out: 1.0)")
-    p.add_argument("--guide", type=int, default=0, metavar="M",
-                   help="draw each code from p(c | e=1): resample M draws of p(c) by p(e=1 | c) (default: off)")
+    p.add_argument("--guide", type=int, default=64, metavar="M",
+                   help="draw from the stage's model given the path's knowledge, M candidates per "
+                        "component (default: 64); 0: from that knowledge's decoder alone")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("-o", "--output", required=True, help="the grid picture (.png, .jpg)")
     p.set_defaults(func=_sample)

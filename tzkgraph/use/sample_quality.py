@@ -65,29 +65,14 @@ def digit_paths(spec: GraphSpec) -> list[DigitPath]:
 @torch.no_grad()
 def sample_given(model: TzKGraph, spec: GraphSpec, stage: str, assignment: Mapping[str, int], n: int,
                  temperature: Temperature = 1.0, guide: int = 0, candidates: int = 32) -> Tensor:
-    """Images with the stage's knowledge set to ``assignment`` (several types at once).
-
-    One member ``j`` (the first present one, else the first) generates: ``t ~ p_j(t | e_j)``,
-    its code from ``p(c | e_j)`` when ``guide``; ``candidates`` draws per image are then
-    resampled by ``Π_{i≠j} p(e_i | t)`` — the stage's decoder model ``p_j(t, e_j) Π p(e_i | t)``
-    conditioned on every ``e_i`` (docs/objective.md). One member alone: :func:`sample_path`.
-    """
+    """Images with the stage's knowledge set to ``assignment`` (several types at once): the
+    stage's model ``M(t | ē)`` (:meth:`~tzkgraph.model.stage.TzKStage.sample_given`, ``guide``
+    candidates per component, else ``candidates``), then down to images. A one-hot member of
+    an exclusive group is :func:`sample_path`'s ``STAGE/KNOWLEDGE``."""
     if sum(assignment.values()) == 1 and len(assignment) > 1 and _one_hot_group(spec, stage, assignment):
         k = next(name for name, v in assignment.items() if v)
         return sample_path(model, spec, f"{stage}/{k}", n, temperature, guide)
-    s, t_level = model.stages[stage], _at(temperature, stage)
-    j = next((name for name, v in assignment.items() if v), next(iter(assignment)))
-    m = candidates
-    c = s.sample_code(j, n * m, t_level, guide, e=assignment[j])
-    t = s.decode(j, c, t_level, e=assignment[j])
-    probs = s.discriminate(t)  # (n·m, K)
-    log_w = torch.zeros(n * m, device=t.device, dtype=probs.dtype)
-    for name, v in assignment.items():
-        if name != j:
-            p = probs[:, s.names.index(name)].clamp(1e-12, 1 - 1e-12)
-            log_w = log_w + (p if v else 1 - p).log()
-    pick = torch.multinomial(torch.softmax(log_w.view(n, m), dim=1), 1).squeeze(1)
-    t = t.view(n, m, *t.shape[1:])[torch.arange(n, device=t.device), pick]
+    t = model.stages[stage].sample_given(assignment, n, _at(temperature, stage), guide or candidates)
     return descend(model, spec, stage, t, temperature)
 
 
@@ -122,21 +107,22 @@ def reconstruction_link(model: TzKGraph, spec: GraphSpec, judge: Judge, data: Gr
     rows = data.present(spec.stage(stage).get(knowledge).present).nonzero().flatten()
     rows = rows[data.labels[rows] >= 0][:n]
     t = data.observations(rows, fixed=True)
-    c = s.draw_code(knowledge, *s.knowledge[knowledge].posterior(t, 1), temperature)
+    c = s.draw_code(knowledge, *s.knowledge[knowledge].posterior(s.reads(t), 1), temperature)
     return judge_accuracy(judge, s.decode(knowledge, c, temperature), data.labels[rows])
 
 
 @torch.no_grad()
 def child_link(model: TzKGraph, spec: GraphSpec, path: DigitPath, n: int, temperature: float = 1.0,
                guide: int = 0) -> float:
-    """A stage's own samples for each digit read back as that digit by its encoder (argmax over the group)."""
+    """A stage's own samples for each digit read back as that digit by its encoder (argmax over the
+    group): from its model given the digit (``guide`` candidates), or its decoder alone (0)."""
     s = model.stages[path.stage]
     members = list(next(iter(path.assignments.values())))
     cols = [s.names.index(k) for k in members]
     right = []
     for digit, assignment in sorted(path.assignments.items()):
         k = next(name for name, v in assignment.items() if v)
-        t = s.sample(n, k, temperature, guide)
+        t = s.sample_given(assignment, n, temperature, guide) if guide else s.sample(n, k, temperature)
         right.append((s.discriminate(t)[:, cols].argmax(1) == members.index(k)).double().mean().item())
     return sum(right) / len(right)
 

@@ -19,7 +19,7 @@ from tzkgraph.graph.model import TzKGraph
 from tzkgraph.spec.types import GraphSpec
 
 __all__ = ["IMAGE_SUFFIXES", "Temperature", "valid_paths", "group_members", "parse_path", "parse_temperature",
-           "descend", "sample_path", "interpolate",
+           "descend", "known_given", "sample_path", "interpolate",
            "check_output", "save_grid", "write_sample_grids", "sample_to_files",
            "interpolate_to_file"]
 
@@ -121,11 +121,14 @@ def sample_path(model: TzKGraph, spec: GraphSpec, path: str, n: int, temperature
                 guide: int = 0) -> Tensor:
     """Images sampled down a path: ancestral sampling of the trained hierarchy.
 
-    ``STAGE/KNOWLEDGE``: ``c ~ p(c)`` of that knowledge (``guide = M``: from ``p(c | e=1)``
-    by resampling ``M`` draws by ``p(e=1 | c)``), ``t ~ p(t | e=1, c)`` by the stage's
-    decoder, then :func:`descend` to images. Where a child stage is the prior of that code
-    (``images/mnist`` in mnist_digits), ``c`` is the child's prior sample instead. ``STAGE``: ``t ~ p(t)`` of its prior, then
-    :func:`descend`. ``temperature``: one for every stage, or per stage.
+    ``STAGE/KNOWLEDGE``: the stage's ``t`` from its model given ``e = 1`` for that knowledge
+    (and, in an exclusive group, ``e = 0`` for the others), ``M(t | ē)`` of
+    :meth:`~tzkgraph.model.stage.TzKStage.sample_given` with ``guide`` candidates per
+    component; then :func:`descend` to images. ``guide = 0`` draws from that knowledge's
+    decoder alone instead (``c ~ p(c)``, ``t ~ p(t | e=1, c)``: one component of the model,
+    faster). Where a child stage is the prior of that code (``images/mnist`` in
+    mnist_digits), the code is drawn from the child's model. ``STAGE``: ``t ~ p(t)`` of its
+    prior. ``temperature``: one for every stage, or per stage.
 
     Example:
         >>> images = sample_path(model, spec, "digits/7", 64, temperature=0.7)  # (64, 1, 32, 32)
@@ -133,15 +136,22 @@ def sample_path(model: TzKGraph, spec: GraphSpec, path: str, n: int, temperature
     stage, knowledge = parse_path(spec, path)
     child = spec.prior_of(stage, knowledge)
     if child is not None:  # the code's prior is the child's model: sample its t, then decode
-        t = model.stages[child].sample(n, None, _at(temperature, child))
+        s = model.stages[child]
+        t = s.sample_given({}, n, _at(temperature, child), guide) if guide else s.sample(n, None, _at(temperature, child))
         return descend(model, spec, child, t, temperature)
-    t = model.stages[stage].sample(n, knowledge, _at(temperature, stage), guide)
-    return descend(model, spec, stage, t, temperature)
+    s, level = model.stages[stage], _at(temperature, stage)
+    if knowledge is None or not guide:
+        return descend(model, spec, stage, s.sample(n, knowledge, level), temperature)
+    return descend(model, spec, stage, s.sample_given(known_given(spec, stage, knowledge), n, level, guide),
+                   temperature)
 
-    children = spec.children(stage, knowledge)
-    if len(children) == 1 and len(spec.stage(children[0]).parents) == 1:
-        return children[0]
-    return None
+
+def known_given(spec: GraphSpec, stage: str, knowledge: str) -> dict[str, int]:
+    """``e = 1`` for ``knowledge`` and, where it is in an exclusive group, ``e = 0`` for the others."""
+    for group, members in spec.stage(stage).groups.items():
+        if knowledge in members and group in spec.exclusive_groups(stage):
+            return {name: int(name == knowledge) for name in members}
+    return {knowledge: 1}
 
 
 @torch.no_grad()

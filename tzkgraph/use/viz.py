@@ -64,6 +64,17 @@ def phase_summary(spec: GraphSpec) -> list[dict[str, Any]]:
     return out
 
 
+def _sample_accuracy(measured: dict[str, Any], temperature: str) -> float | None:
+    """judge.json's accuracy at ``temperature``: of the model's sampler (the most candidates,
+    ``"T=0.7, guide=64"``) where measured, else of the decoder alone (``"T=0.7"``)."""
+    keys = [k for k in measured if k == f"T={temperature}" or k.startswith(f"T={temperature}, guide=")]
+    keys.sort(key=lambda k: int(k.rpartition("=")[2]) if ", guide=" in k else 0)
+    for key in reversed(keys):
+        if isinstance(measured[key], dict) and measured[key].get("accuracy") is not None:
+            return measured[key]["accuracy"]
+    return None
+
+
 def _training_phases(spec: GraphSpec, part: str) -> list[str]:
     return [phase.name for phase in spec.train.phases if part in spec.trainable(phase)]
 
@@ -155,8 +166,8 @@ def _group_label(spec: GraphSpec, stage: StageSpec, group: str, members: list[st
                                               for k in members]) + " per type")
         lines.append(_span([knowledge.get(k, {}).get("bits_per_dim") for k in members]) + " bits/dim")
     measured = ((judge or {}).get("paths") or {}).get(f"{stage.name}/{group}", {})
-    samples = [f"{measured[f'T={t}']['accuracy']:.2f} (T={t})" for t in JUDGE_TEMPERATURES
-               if isinstance(measured.get(f"T={t}"), dict) and measured[f"T={t}"].get("accuracy") is not None]
+    samples = [f"{figure:.2f} (T={t})" for t in JUDGE_TEMPERATURES
+               if (figure := _sample_accuracy(measured, t)) is not None]
     if samples:
         lines.append(f"sample acc {', '.join(samples)}")
     return "\n".join(lines)
