@@ -7,10 +7,11 @@ import torch
 
 from helpers import TrainedRun
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session", autouse=True)
 def one_thread():
-    """Small models run faster on one thread (and far faster on a busy machine): a module
-    opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    """The whole suite runs on one torch thread: its models are small, and one thread is faster
+    for them (far faster on a busy machine, where two threads spin against each other); with
+    ``pytest -n 2`` each of the two workers has a core of its own."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -27,10 +28,5 @@ def trained_tiny(tmp_path_factory) -> TrainedRun:
                          ["data.limit=300", "train.phases.0.steps=40", "train.phases.1.steps=30",
                           "train.checkpoint_every=0", f"train.out_dir={root / 'runs'}",
                           f"train.cache_dir={root / 'cache'}"], root / "runs" / "tiny")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small models: one thread is faster, and far faster on a busy machine
-    try:
-        run(trained.spec(), progress=False, say=lambda _: None)
-    finally:
-        torch.set_num_threads(threads)
+    run(trained.spec(), progress=False, say=lambda _: None)
     return trained

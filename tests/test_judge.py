@@ -26,7 +26,6 @@ def no_data(split: str):
     raise AssertionError("the judge was retrained although a cache was there")
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -3,12 +3,15 @@ classifies held-out MNIST digits far above chance, and its conditionals beat its
 
 from __future__ import annotations
 
+import pytest
+
 from tzkgraph.data.dataset import load_graph_data
 from tzkgraph.use.evaluate import evaluate, load_trained
 from tzkgraph.spec.load import load_spec
 from tzkgraph.training.train import run
 
 GRAPH = "tests/fixtures/graphs/digits_quick.yaml"
+pytestmark = pytest.mark.slow
 
 
 def test_a_minute_of_training_classifies_held_out_digits(tmp_path):

@@ -25,7 +25,6 @@ from tzkgraph.training.train import run
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def png_size(path: Path) -> tuple[int, int]:

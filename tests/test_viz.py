@@ -17,7 +17,6 @@ from tzkgraph.spec.load import load_spec
 from tzkgraph.use.evaluate import evaluate
 from tzkgraph.use.viz import knowledge_graph, to_dot
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def png_size(path: Path) -> tuple[int, int]:
