@@ -341,14 +341,13 @@ class TzKStage(nn.Module):
             c = self.sample_code(name, n * m, temperature)
             logit = kn.decoder_logit(c)
             if name in known:
-                e = torch.full_like(logit, float(known[name]))
-                log_w = F.logsigmoid((2 * e - 1) * logit)
+                log_w = F.logsigmoid((2 * known[name] - 1) * logit)
+                t = self.decode(name, c, temperature, e=known[name])
             else:  # e_j summed out: drawn from p(e_j | c)
-                e = (torch.rand_like(logit) < torch.sigmoid(logit)).to(logit.dtype)
+                e = torch.rand_like(logit) < torch.sigmoid(logit)
                 log_w = torch.zeros_like(logit)
-            draws = [self.decode(name, c, temperature, e=v) for v in (0, 1)]
-            pick = e.view(-1, *[1] * (draws[0].dim() - 1)).bool()
-            t = torch.where(pick, draws[1], draws[0])
+                draws = [self.decode(name, c, temperature, e=v) for v in (0, 1)]
+                t = torch.where(e.view(-1, *[1] * (draws[0].dim() - 1)), draws[1], draws[0])
             keep(t, log_w + others(t, name), math.log(0.5 / k))
         component = torch.multinomial(torch.softmax(torch.stack(log_shares, 1), dim=1), 1).squeeze(1)
         return torch.stack(picks, 1)[torch.arange(n, device=component.device), component]
