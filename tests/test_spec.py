@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import os
+
 import pytest
 import torch
 import yaml
@@ -449,3 +451,15 @@ def test_sizes_are_charged_what_they_imply():
     with pytest.raises(ConfigError) as caught:
         check_sizes(spec, {}, memory=2**20)
     assert caught.value.where in charges and "would need at least" in caught.value.what
+
+
+def test_train_threads_is_a_positive_count_or_left_to_the_command():
+    from tzkgraph.core.runtime import free_cores
+
+    assert load_spec("graphs/tiny.yaml").train.threads is None
+    assert "threads" not in load_spec("graphs/tiny.yaml").train.to_dict()
+    assert load_spec("graphs/tiny.yaml", ["train.threads=1"]).train.threads == 1
+    with pytest.raises(ConfigError) as caught:
+        load_spec("graphs/tiny.yaml", ["train.threads=0"])
+    assert caught.value.where == "train.threads"
+    assert 1 <= free_cores() <= (os.cpu_count() or 1)

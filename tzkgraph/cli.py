@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import __version__
@@ -110,6 +111,12 @@ def _run(args: argparse.Namespace) -> int:
     if args.resume and args.fresh:
         raise TzkError("--resume and --fresh exclude each other")
     spec = load_spec(args.graph, args.overrides)
+    if spec.train.threads is None and "OMP_NUM_THREADS" not in os.environ:
+        import torch
+
+        from tzkgraph.core.runtime import free_cores
+
+        torch.set_num_threads(free_cores())  # no spinning against a busy machine's other work
     try:
         result = run(spec, resume=args.resume, fresh=args.fresh, progress=args.progress,
                      stop_after=args.stop_after)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Iterator
 
 import torch
@@ -10,6 +11,21 @@ import torch
 from tzkgraph.core.errors import TzkError
 
 __all__ = ["pick_device", "seeded"]
+
+
+def free_cores() -> int:
+    """The cores this process may use less the 1-minute load average, rounded (at least 1).
+
+    A training step's OpenMP threads spin-wait on each other: beside one busy process on a
+    2-core machine, 2 threads made 87 images/s of the default pretraining, 1 thread 199
+    (alone: 327 and 161; docs/performance.md). The load average lags by about a minute.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        load = os.getloadavg()[0]
+    except (OSError, AttributeError):
+        load = 0.0
+    return max(1, cores - int(load + 0.5))
 
 
 def pick_device(name: str) -> torch.device:

@@ -428,6 +428,7 @@ def _read_train(value: Any, spec: GraphSpec) -> TrainSpec:
         cache_dir=read_str(get("cache_dir"), "train.cache_dir"),
         init_from=read_str(get("init_from"), "train.init_from", nullable=True),
         labelled_share=_read_labelled_share(get("labelled_share"), spec),
+        threads=None if get("threads") is None else read_int(get("threads"), "train.threads", 1, 4096),
     )
 
 

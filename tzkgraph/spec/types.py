@@ -231,6 +231,8 @@ class TrainSpec:
     cache_dir: str = "cache"        # HDF5 latent caches of frozen parts
     init_from: str | None = None    # checkpoint to load weights from; missing keys = new parts
     labelled_share: float | None = None  # with data.labelled: this share of every batch drawn from labelled examples
+    threads: int | None = None      # CPU threads; None: `tzkgraph run` takes the cores not busy at its
+                                    # start, the library leaves torch's setting (docs/performance.md)
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k != "phases"}
@@ -238,6 +240,8 @@ class TrainSpec:
             del out["lr_decay"]
         if not self.ema:
             del out["ema"]
+        if self.threads is None:
+            del out["threads"]
         out["phases"] = [phase.to_dict() for phase in self.phases]
         return out
 

@@ -184,6 +184,8 @@ def run(spec: GraphSpec, *, resume: bool = False, fresh: bool = False, progress:
     if not job.is_main:
         say, progress = (lambda _: None), False
     device = pick_device(device_name)
+    if device.type == "cpu" and train.threads:
+        torch.set_num_threads(train.threads)
     torch.manual_seed(spec.seed)
     generator = torch.Generator(device=device).manual_seed(spec.seed)
     model = TzKGraph(spec).to(device)
