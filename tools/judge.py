@@ -22,7 +22,7 @@ import torch
 from tzkgraph.core.runtime import seeded
 from tzkgraph.data.dataset import load_graph_data
 from tzkgraph.spec.load import load_spec
-from tzkgraph.use.evaluate import load_trained, run_directory
+from tzkgraph.graph.rundir import load_trained, run_directory
 from tzkgraph.use.judge import load_judge
 from tzkgraph.use.sample_quality import (child_link, child_paths, digit_paths, links, reconstruction_link,
                                          sample_accuracy)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from tzkgraph.data.dataset import load_graph_data
-from tzkgraph.use.evaluate import load_trained
+from tzkgraph.graph.rundir import load_trained
 from tzkgraph.spec.load import load_spec
 
 

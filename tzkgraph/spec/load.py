@@ -23,7 +23,7 @@ from tzkgraph.spec.types import (ACTIVATIONS, OBJECTIVES, PERMUTATIONS, PRIORS, 
 __all__ = [
     "CodeFlowSpec", "DataSpec", "FlowSpec", "GraphSpec", "ImageSpec", "KnowledgeSpec",
     "NetsSpec", "PERMUTATIONS", "PhaseSpec", "PresentRule", "SourceSpec", "StageSpec",
-    "TrainSpec", "canonical_json", "load_spec", "parse_spec", "spec_hash",
+    "TrainSpec", "canonical_json", "load_spec", "parse_spec", "range_members", "spec_hash",
 ]
 
 TOP_KEYS = ("name", "seed", "data", "stages", "train")
@@ -43,6 +43,14 @@ _RANGE_RE = re.compile(r"(?P<prefix>(?:[A-Za-z_][A-Za-z0-9_]*[A-Za-z_])?|[A-Za-z
                        r"(?P<a>\d+)\.\.(?P=prefix)?(?P<b>\d+)")
 _REF_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)/([A-Za-z0-9_]+)")
 _DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def range_members(key: str) -> list[str] | None:
+    """The knowledge names a range key expands to (``"bit0..3"`` → ``bit0 … bit3``), else ``None``."""
+    match = _RANGE_RE.fullmatch(key)
+    if match is None:
+        return None
+    return [f"{match['prefix']}{i}" for i in range(int(match["a"]), int(match["b"]) + 1)]
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

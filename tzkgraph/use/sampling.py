@@ -276,7 +276,7 @@ def sample_to_files(spec: GraphSpec, output: str | os.PathLike, path: str | None
         TzkError: unknown path, unwritable output, no trained checkpoint —
             checked before anything is sampled or written.
     """
-    from tzkgraph.use.evaluate import load_trained
+    from tzkgraph.graph.rundir import load_trained
 
     output = check_output(output)
     if path is not None:
@@ -322,7 +322,7 @@ def interpolate_to_file(spec: GraphSpec, output: str | os.PathLike, stage: str |
             unwritable output, no trained checkpoint.
     """
     from tzkgraph.data.dataset import load_graph_data
-    from tzkgraph.use.evaluate import load_trained
+    from tzkgraph.graph.rundir import load_trained
 
     output = check_output(output)
     roots = spec.roots

@@ -14,6 +14,7 @@ import networkx as nx
 from tzkgraph.core.errors import TzkError
 from tzkgraph.core.files import atomic_write
 from tzkgraph.graph.plan import plan_phase
+from tzkgraph.spec.load import range_members
 from tzkgraph.spec.types import FLOW_PART, GraphSpec, StageSpec
 
 __all__ = ["GRAPH_SUFFIXES", "JUDGE_TEMPERATURES", "phase_summary", "knowledge_graph", "read_judge", "to_dot",
@@ -118,12 +119,7 @@ def _node_of(spec: GraphSpec, stage: str, knowledge: str) -> str:
 
 def _is_range(group: str, members: list[str]) -> bool:
     """Whether the group's name spells its members as a range (``0..9``, ``bit0..3``)."""
-    prefix = re.sub(r"\d+$", "", members[0])
-    if not all(re.fullmatch(re.escape(prefix) + r"\d+", m) for m in members):
-        return False
-    a, b = int(members[0][len(prefix):]), int(members[-1][len(prefix):])
-    return (members == [f"{prefix}{i}" for i in range(a, b + 1)]
-            and group in (f"{prefix}{a}..{b}", f"{prefix}{a}..{prefix}{b}"))
+    return range_members(group) == members
 
 
 def _present_rule(stage: StageSpec, members: list[str]) -> str:
@@ -252,7 +248,7 @@ def knowledge_graph(spec: GraphSpec, report: dict[str, Any] | None = None,
 
 def read_judge(spec: GraphSpec) -> dict[str, Any] | None:
     """The run's sample accuracies (``RUN/judge.json``, written by ``tools/judge.py``), or ``None``."""
-    from tzkgraph.use.evaluate import run_directory
+    from tzkgraph.graph.rundir import run_directory
 
     path = run_directory(spec) / "judge.json"
     try:
