@@ -240,14 +240,16 @@ class TzKStage(nn.Module):
         """``log p(t | e=1, c)`` with ``c ~ p(c | e=1, t)`` (the paper's Appendix C), ``(B,)``."""
         if z is None:
             z, logdet = self.t_flow(t)
-        mean, log_std = self.knowledge[name].decoder[1](self.encode(name, t))
+        code = self.draw_code(name, *self.knowledge[name].encoder_posterior[1](self.reads(t, z)))
+        mean, log_std = self.knowledge[name].decoder[1](code)
         return gaussian_log_prob(z, mean, log_std) + logdet
 
-    def discriminate(self, t: Tensor) -> Tensor:
-        """``p(e_i = 1 | t)`` for every knowledge type, ``(B, K)`` (float32 or wider)."""
+    def discriminate(self, t: Tensor, z: Tensor | None = None) -> Tensor:
+        """``p(e_i = 1 | t)`` for every knowledge type, ``(B, K)`` (float32 or wider); ``z``: the
+        t-flow's latent of ``t`` where already known."""
         if not self.names:
             return t.new_zeros(t.shape[0], 0)
-        t = self.reads(t)
+        t = self.reads(t, z)
         logits = {}
         for group in self.groups(self.names):
             stacked = self._stack(group)
@@ -426,11 +428,12 @@ class TzKStage(nn.Module):
         e = e.T
         per_name: dict[str, dict[str, Tensor]] = {}
         codes, present = {}, {}
+        reads = self.reads(t, z)
         for group in self.groups(names):
             rows = [columns[name] for name in group]
             e_g, known_g = e[rows], known[rows]  # (K_g, B)
             has_child = [name in emit_codes for name in group]
-            terms = self._group_terms(group, self.reads(t, z), z, logdet, e_g, known_g, mode, has_child)
+            terms = self._group_terms(group, reads, z, logdet, e_g, known_g, mode, has_child)
             log_p_enc = log_p_enc + terms.enc.sum(0)
             log_p_knowledge = log_p_knowledge + terms.dec.sum(0)
             with torch.no_grad():

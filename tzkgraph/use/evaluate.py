@@ -166,7 +166,7 @@ class _Pass:
         sums["log_p_t"] += float((gaussian_log_prob(z) + logdet).sum())
         if not stage.names:  # a plain flow: only p(t)
             return codes
-        probs = stage.discriminate(t)  # (n, K) p(e_i = 1 | t)
+        probs = stage.discriminate(t, z)  # (n, K) p(e_i = 1 | t)
         said = probs > 0.5
         metrics = stage.loss(t, e.float(), z=z, logdet=logdet, mode="encoder").metrics
         log_p_t = gaussian_log_prob(z) + logdet
