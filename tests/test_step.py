@@ -117,10 +117,23 @@ def test_cosine_decay_follows_the_warm_up_down_to_zero_at_the_phase_end():
         schedule(100, 1100, "linear")
 
 
+def test_cooldown_holds_the_rate_then_falls_linearly_to_zero_over_the_last_fifth():
+    factor = schedule(100, 1100, "cooldown")
+    assert factor(49) == pytest.approx(0.5) and factor(99) == pytest.approx(1.0)
+    assert factor(879) == 1.0                                 # held until 80 % of the phase
+    assert factor(989) == pytest.approx(0.5, abs=1e-2)        # half way down
+    assert factor(1099) == pytest.approx(0.0, abs=1e-6)
+    steps = [factor(s) for s in range(880, 1100)]
+    assert all(a > b for a, b in zip(steps, steps[1:]))
+    # a phase shorter than its warm-up and cool-down together falls from the warm-up's end
+    short = schedule(100, 110, "cooldown")
+    assert short(99) == pytest.approx(1.0) and short(109) == pytest.approx(0.0, abs=1e-6)
+
+
 def test_lr_decay_is_read_validated_and_left_out_of_the_identity_by_default():
     assert load_spec("graphs/tiny.yaml", ["train.lr_decay=cosine"]).train.lr_decay == "cosine"
     default = load_spec("graphs/tiny.yaml").train
     assert default.lr_decay == "none" and "lr_decay" not in default.to_dict()
     with pytest.raises(ConfigError, match=r"train.lr_decay: unknown learning-rate decay 'linear' "
-                                          r"\(known: none, cosine\)"):
+                                          r"\(known: none, cosine, cooldown\)"):
         load_spec("graphs/tiny.yaml", ["train.lr_decay=linear"])

@@ -19,7 +19,7 @@ __all__ = [
 ]
 
 # The vocabularies of the YAML, each checked against what the model accepts (tests/test_spec.py).
-LR_DECAYS = ("none", "cosine")      # train.lr_decay
+LR_DECAYS = ("none", "cosine", "cooldown")      # train.lr_decay
 PERMUTATIONS = ("shuffle", "lu")    # flow.permutation: tzkgraph.model.flows.PERMUTATIONS
 ACTIVATIONS = ("swish", "relu")     # flow.activation: tzkgraph.model.flows.coupling.ACTIVATIONS
 PRIORS = ("learned", "fixed")       # flow.prior (image stages): tzkgraph.model.flows.PRIORS
@@ -219,7 +219,7 @@ class TrainSpec:
     lr: float = 1e-3                # Adam learning rate
     clip_grad: float = 4.0          # clip each tensor's gradient norm at this many times its running scale (0 = off)
     warmup: int = 500               # steps of linear learning-rate warm-up (per phase)
-    lr_decay: str = "none"          # none | cosine: after the warm-up, cosine down to 0 at the phase's end
+    lr_decay: str = "none"          # none | cosine | cooldown: down to 0 at the phase's end (cooldown: linearly, over its last 20 %)
     ema: float = 0.0                # decay of a running average of each phase's weights, put in place at its end (0 = off)
     device: str = "auto"            # auto | cpu | cuda | cuda:N | mps
     amp: bool = False               # bf16 autocast where numerically safe (CUDA only; pays off for wide nets)

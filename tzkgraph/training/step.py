@@ -18,6 +18,8 @@ from tzkgraph.graph.executor import GraphExecutor
 from tzkgraph.training.average import WeightAverage
 from tzkgraph.spec.types import LR_DECAYS
 
+COOLDOWN_SHARE = 0.2   # train.lr_decay: cooldown lowers the rate over this share of a phase
+
 __all__ = ["BatchSampler", "GradientClip", "Phase", "objective_on", "schedule", "start_phase", "train_step",
            "warmup"]
 
@@ -147,20 +149,25 @@ def warmup(steps: int) -> Callable[[int], float]:
 def schedule(warmup_steps: int, phase_steps: int, decay: str = "none") -> Callable[[int], float]:
     """A phase's learning-rate factor at its step ``step``: the warm-up, then ``decay``.
 
-    ``"none"`` holds the rate after the warm-up; ``"cosine"`` lowers it along half a cosine
-    to 0 at the phase's last step, so a phase ends on small steps rather than wherever its
-    last full-rate step happened to land (``train.lr_decay``; docs/results.md).
+    ``"none"`` holds the rate after the warm-up. The others end a phase on small steps
+    rather than wherever its last full-rate step happened to land (``train.lr_decay``;
+    docs/training.md): ``"cosine"`` lowers it along half a cosine to 0 at the phase's last
+    step; ``"cooldown"`` holds it, then lowers it linearly to 0 over the phase's last
+    ``COOLDOWN_SHARE`` of steps (warmup-stable-decay: Hägele et al. 2024 find a 20 %
+    linear cool-down matches cosine, and a phase keeps its full rate for longer).
     """
     rise = warmup(warmup_steps)
     if decay == "none":
         return rise
     if decay not in LR_DECAYS:
         raise ValueError(f"unknown learning-rate decay {decay!r} (known: {', '.join(LR_DECAYS)})")
-    span = max(1, phase_steps - warmup_steps)
+    start = warmup_steps if decay == "cosine" else max(warmup_steps, round(phase_steps * (1 - COOLDOWN_SHARE)))
+    span = max(1, phase_steps - start)
 
     def factor(step: int) -> float:
-        done = min(1.0, max(0.0, (step + 1 - warmup_steps) / span))
-        return rise(step) * 0.5 * (1.0 + math.cos(math.pi * done))
+        done = min(1.0, max(0.0, (step + 1 - start) / span))
+        fall = 0.5 * (1.0 + math.cos(math.pi * done)) if decay == "cosine" else 1.0 - done
+        return rise(step) * fall
     return factor
 
 
