@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 import torch
 from tqdm import tqdm
@@ -29,8 +30,10 @@ def prior_bits_per_dim(graph: str, overrides: list[str], stage: str = "images", 
     model, _ = load_trained(spec)
     data = load_graph_data(spec.data, split)
     flow = model.stages[stage].t_flow.eval()
-    image = spec.data.image
-    dims, bits = image.channels * image.size ** 2, image.bits
+    shape = spec.t_shape(stage)  # counted as eval counts them
+    if len(shape) != 3:
+        raise SystemExit(f"--stage {stage}: observes codes, not images; this scores an image stage's prior")
+    dims, bits = math.prod(shape), spec.data.image.bits
     nll = torch.cat([-flow.log_prob(data.observations(torch.arange(i, min(i + batch, len(data))), fixed=True))
                      for i in tqdm(range(0, len(data), batch), desc=f"{spec.name} p(t)", leave=False)])
     out = {"all": float(bits_per_dim(nll.mean().item(), dims, bits))}
